@@ -1,0 +1,1 @@
+//! lpcmon's port servers and clients: Unix SEQPACKET, Windows ALPC and legacy LPC.

@@ -212,7 +212,13 @@ impl<'a> EventWriter<'a> {
         Some(room)
     }
 
-    fn string_field(&mut self, ty: FieldType, enc: Encoding, full_len: usize, kept: &[u8]) -> Result<(), EncodeError> {
+    fn string_field(
+        &mut self,
+        ty: FieldType,
+        enc: Encoding,
+        full_len: usize,
+        kept: &[u8],
+    ) -> Result<(), EncodeError> {
         if kept.len() == full_len {
             self.field_header(ty, enc as u8, kept.len())?;
         } else {
@@ -311,7 +317,9 @@ impl FieldView<'_> {
             let orig = inner.u32()?;
             bytes = inner.rest();
             if (orig as usize) < bytes.len() {
-                return Err(DecodeError::InvalidValue("truncated field longer than its original"));
+                return Err(DecodeError::InvalidValue(
+                    "truncated field longer than its original",
+                ));
             }
             original_len = Some(orig);
         }
@@ -477,7 +485,11 @@ mod owned {
                         Encoding::Utf8 => FieldValue::Text(String::from_utf8_lossy(f.bytes).into_owned()),
                         Encoding::Utf16Le => {
                             let units = f.bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
-                            FieldValue::Text(char::decode_utf16(units).map(|c| c.unwrap_or('\u{FFFD}')).collect())
+                            FieldValue::Text(
+                                char::decode_utf16(units)
+                                    .map(|c| c.unwrap_or('\u{FFFD}'))
+                                    .collect(),
+                            )
                         }
                         Encoding::Bytes => FieldValue::Bytes(f.bytes.to_vec()),
                     },
@@ -521,7 +533,11 @@ mod tests {
         let mut buf = [0u8; 512];
         let mut w = EventWriter::new(&mut buf, &header(), 256).unwrap();
         w.utf8(FieldType::EXECUTABLE, "/usr/bin/true").unwrap();
-        w.utf16(FieldType::COMMAND_LINE, &"true --x".encode_utf16().collect::<Vec<_>>()).unwrap();
+        w.utf16(
+            FieldType::COMMAND_LINE,
+            &"true --x".encode_utf16().collect::<Vec<_>>(),
+        )
+        .unwrap();
         w.u64(FieldType::IMAGE_BASE, 0x7fff_0000_0000).unwrap();
         w.i32(FieldType::EXIT_CODE, -3).unwrap();
         let len = w.finish();
@@ -591,7 +607,10 @@ mod tests {
         let len = w.finish();
         let mut bad = buf;
         bad[EVENT_MIN_LEN + 2] = 0x7F;
-        assert_eq!(Message::decode(&bad[..len], 512).unwrap_err(), DecodeError::UnknownEncoding(0x7F));
+        assert_eq!(
+            Message::decode(&bad[..len], 512).unwrap_err(),
+            DecodeError::UnknownEncoding(0x7F)
+        );
         let mut bad = buf;
         bad[EVENT_MIN_LEN + 3] = 200;
         assert!(matches!(
@@ -600,6 +619,9 @@ mod tests {
         ));
         let mut bad = buf;
         bad[EVENT_MIN_LEN + FIELD_HEADER_LEN] = 0xFF;
-        assert_eq!(Message::decode(&bad[..len], 512).unwrap_err(), DecodeError::InvalidUtf8);
+        assert_eq!(
+            Message::decode(&bad[..len], 512).unwrap_err(),
+            DecodeError::InvalidUtf8
+        );
     }
 }

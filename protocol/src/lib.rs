@@ -25,8 +25,11 @@ extern crate std;
 mod cursor;
 pub mod error;
 pub mod event;
+pub mod fragment;
 pub mod message;
 pub mod port_message;
+#[cfg(feature = "alloc")]
+pub mod server;
 
 pub use error::{DecodeError, EncodeError};
 pub use event::{EventHeader, EventKind, EventView, EventWriter, FieldType};

@@ -349,7 +349,9 @@ impl Loss {
             return Err(DecodeError::InvalidValue("loss range"));
         }
         if loss.stage == LossStage::ProducerSend && loss.last_seq - loss.first_seq + 1 != loss.count {
-            return Err(DecodeError::InvalidValue("send loss count differs from its range"));
+            return Err(DecodeError::InvalidValue(
+                "send loss count differs from its range",
+            ));
         }
         Ok(loss)
     }
@@ -447,7 +449,10 @@ impl<'a> Message<'a> {
     /// refused before it is parsed.
     pub fn decode(buf: &'a [u8], limit: usize) -> Result<Self, DecodeError> {
         if buf.len() > limit {
-            return Err(DecodeError::MessageTooLong { len: buf.len(), limit });
+            return Err(DecodeError::MessageTooLong {
+                len: buf.len(),
+                limit,
+            });
         }
         let mut r = Reader::new(buf);
         if r.bytes(4)? != MAGIC {

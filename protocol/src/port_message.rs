@@ -164,8 +164,14 @@ mod tests {
         assert_eq!(parsed.total_length, 45);
 
         buf[2] = 99;
-        assert!(matches!(PortMessage::parse(&buf), Err(DecodeError::LengthMismatch { .. })));
-        assert!(matches!(PortMessage::parse(&buf[..10]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            PortMessage::parse(&buf),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            PortMessage::parse(&buf[..10]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

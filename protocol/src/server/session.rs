@@ -1,0 +1,629 @@
+//! The server state machine: connections, handshakes, and the per-instance sequence state.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use super::reassembly::{Limits, Push, Reassembler};
+use super::sequence::{Delivery, SequenceTracker};
+use crate::error::DecodeError;
+use crate::event::Event;
+use crate::message::{
+    HELLO_REPLY_MAX_LEN, Heartbeat, Hello, HelloReply, Loss, LossStage, MIN_VERSION, Message, ProducerKind,
+    RefuseReason, VERSION,
+};
+use crate::port_message::{PortMessage, lpc};
+
+/// Identifies one connection for the life of the server. Backends allocate them.
+pub type ConnId = u64;
+
+/// Server limits and policy. Times are in nanoseconds of the caller's clock.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The transport name shown in `transport.api`: `unix`, `alpc` or `lpc`.
+    pub api: &'static str,
+    /// The largest message (data bytes) the server accepts; the handshake agrees on the
+    /// smaller of this and the producer's.
+    pub max_message: usize,
+    /// Versions accepted; a Hello whose range does not meet this one is refused.
+    pub min_version: u8,
+    pub max_version: u8,
+    pub max_connections: usize,
+    /// Producer instances whose sequence state is remembered after they disconnect.
+    pub max_instances: usize,
+    pub reassembly_max_events: usize,
+    pub reassembly_max_bytes: usize,
+    pub max_event_len: usize,
+    pub reassembly_timeout_ns: u64,
+    /// Out-of-order events held per producer while waiting for a missing number.
+    pub reorder_max: usize,
+    /// How long a sequence gap may wait for its missing numbers before it counts as lost.
+    pub gap_timeout_ns: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            api: "unix",
+            max_message: 64 * 1024,
+            min_version: MIN_VERSION,
+            max_version: VERSION,
+            max_connections: 64,
+            max_instances: 1024,
+            reassembly_max_events: 64,
+            reassembly_max_bytes: 4 * 1024 * 1024,
+            max_event_len: 256 * 1024,
+            reassembly_timeout_ns: 2_000_000_000,
+            reorder_max: 1024,
+            gap_timeout_ns: 1_000_000_000,
+        }
+    }
+}
+
+/// Who a session's producer is. Shared by every output of that connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub conn: ConnId,
+    pub kind: ProducerKind,
+    pub instance: [u8; 16],
+    /// The instance as 32 lowercase hex digits, as JSON shows it.
+    pub instance_hex: String,
+    pub version: u8,
+    pub os: String,
+    pub os_build: u32,
+    /// `ClientId.UniqueProcess` of the connection request (4 for a driver's system thread; the
+    /// peer pid on Unix).
+    pub client_pid: u64,
+    pub max_message: u32,
+    /// The `now` of the handshake.
+    pub connected_at: u64,
+}
+
+/// How an event travelled, for `transport` in the event JSON and for research.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportInfo {
+    pub api: &'static str,
+    /// MessageId of the (last) port message that carried it.
+    pub message_id: u32,
+    pub client_pid: u64,
+    /// Encoded event bytes.
+    pub bytes: usize,
+    pub fragments: u16,
+}
+
+/// What the server hands to the rest of lpcmon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Connected(Arc<ProducerInfo>),
+    Disconnected {
+        producer: Arc<ProducerInfo>,
+        reason: &'static str,
+    },
+    /// An event, in the producer's sequence order.
+    Event {
+        producer: Arc<ProducerInfo>,
+        event: Event,
+        transport: TransportInfo,
+    },
+    /// Events this producer lost, reported by it or detected here. Counts are exact.
+    Loss {
+        producer: Arc<ProducerInfo>,
+        loss: Loss,
+    },
+    Heartbeat {
+        producer: Arc<ProducerInfo>,
+        heartbeat: Heartbeat,
+    },
+    /// A message for a sequence number already resolved. Nothing is lost; it is counted.
+    Stale {
+        producer: Arc<ProducerInfo>,
+        seq: u64,
+        duplicate: bool,
+    },
+    /// A message that could not be decoded. Its event, if it carried one, shows up as a gap.
+    Malformed {
+        producer: Option<Arc<ProducerInfo>>,
+        client_pid: u64,
+        error: DecodeError,
+    },
+    /// A connection the handshake refused.
+    Refused {
+        client_pid: u64,
+        reason: RefuseReason,
+        detail: String,
+    },
+}
+
+/// What the backend must do after a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// Accept the connection; `reply` is the encoded HelloReply for the producer.
+    Accept {
+        reply: Vec<u8>,
+    },
+    /// Refuse the connection, telling the producer why.
+    Refuse {
+        reply: Vec<u8>,
+    },
+    /// Reply to an `LPC_REQUEST` with its MessageId.
+    Reply {
+        message_id: u32,
+    },
+    /// Close this connection.
+    Close,
+}
+
+struct Session {
+    producer: Arc<ProducerInfo>,
+    limit: usize,
+    reassembly: Reassembler,
+}
+
+struct Instance {
+    tracker: SequenceTracker<(Event, TransportInfo)>,
+    producer: Arc<ProducerInfo>,
+    live: bool,
+    last_active: u64,
+}
+
+/// Every connection and producer instance of one port.
+pub struct Server {
+    config: ServerConfig,
+    sessions: BTreeMap<ConnId, Session>,
+    instances: BTreeMap<[u8; 16], Instance>,
+}
+
+fn hex(bytes: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(32);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Self {
+        Server {
+            config,
+            sessions: BTreeMap::new(),
+            instances: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn connections(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Handles one message from the port. The backend carries out the returned action.
+    pub fn handle(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        header: &PortMessage,
+        data: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Action {
+        match header.kind() {
+            lpc::CONNECTION_REQUEST => self.connect(now, conn, header, data, out),
+            lpc::DATAGRAM => {
+                self.receive(now, conn, header, data, out);
+                Action::None
+            }
+            lpc::REQUEST => {
+                self.receive(now, conn, header, data, out);
+                Action::Reply {
+                    message_id: header.message_id,
+                }
+            }
+            lpc::PORT_CLOSED => {
+                self.close(conn, "port closed", out);
+                Action::Close
+            }
+            lpc::CLIENT_DIED => {
+                self.close(conn, "client died", out);
+                Action::Close
+            }
+            other => {
+                out.push(Output::Malformed {
+                    producer: self.sessions.get(&conn).map(|s| s.producer.clone()),
+                    client_pid: header.client_process,
+                    error: DecodeError::UnknownMessageType(other),
+                });
+                Action::None
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        header: &PortMessage,
+        reason: RefuseReason,
+        detail: String,
+        out: &mut Vec<Output>,
+    ) -> Action {
+        let mut reply = alloc::vec![0u8; HELLO_REPLY_MAX_LEN];
+        let len = HelloReply::Refuse {
+            reason,
+            min_version: self.config.min_version,
+            max_version: self.config.max_version,
+            text: &detail,
+        }
+        .encode(&mut reply)
+        .unwrap_or(0);
+        reply.truncate(len);
+        out.push(Output::Refused {
+            client_pid: header.client_process,
+            reason,
+            detail,
+        });
+        Action::Refuse { reply }
+    }
+
+    fn connect(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        header: &PortMessage,
+        data: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Action {
+        let hello = match Message::decode(data, crate::port_message::LPC_MAX_CONNECTION_INFO) {
+            Ok(Message::Hello(h)) => h,
+            Ok(_) => {
+                return self.refuse(
+                    header,
+                    RefuseReason::Malformed,
+                    "expected a Hello".to_string(),
+                    out,
+                );
+            }
+            Err(e) => return self.refuse(header, RefuseReason::Malformed, e.to_string(), out),
+        };
+        let version = hello.max_version.min(self.config.max_version);
+        if version < hello.min_version.max(self.config.min_version) {
+            let detail = alloc::format!(
+                "producer speaks versions {}..={}, server {}..={}",
+                hello.min_version,
+                hello.max_version,
+                self.config.min_version,
+                self.config.max_version
+            );
+            return self.refuse(header, RefuseReason::UnsupportedVersion, detail, out);
+        }
+        if self.sessions.contains_key(&conn) {
+            return self.refuse(
+                header,
+                RefuseReason::Malformed,
+                "connection already established".to_string(),
+                out,
+            );
+        }
+        if self.sessions.len() >= self.config.max_connections {
+            return self.refuse(
+                header,
+                RefuseReason::TooManyProducers,
+                "connection limit reached".to_string(),
+                out,
+            );
+        }
+        if self.instances.get(&hello.instance).is_some_and(|i| i.live) {
+            return self.refuse(
+                header,
+                RefuseReason::AlreadyConnected,
+                "instance already connected".to_string(),
+                out,
+            );
+        }
+        let limit = (hello.max_message as usize).min(self.config.max_message);
+        if limit < crate::fragment::MIN_MESSAGE_LIMIT {
+            return self.refuse(
+                header,
+                RefuseReason::Malformed,
+                "message limit below 64 bytes".to_string(),
+                out,
+            );
+        }
+        let producer = Arc::new(ProducerInfo {
+            conn,
+            kind: hello.kind,
+            instance: hello.instance,
+            instance_hex: hex(&hello.instance),
+            version,
+            os: hello.os.to_string(),
+            os_build: hello.os_build,
+            client_pid: header.client_process,
+            max_message: limit as u32,
+            connected_at: now,
+        });
+        self.remember_instance(now, &hello, &producer);
+        self.sessions.insert(
+            conn,
+            Session {
+                producer: producer.clone(),
+                limit,
+                reassembly: Reassembler::new(Limits {
+                    max_events: self.config.reassembly_max_events,
+                    max_bytes: self.config.reassembly_max_bytes,
+                    max_event_len: self.config.max_event_len,
+                    timeout_ns: self.config.reassembly_timeout_ns,
+                }),
+            },
+        );
+        out.push(Output::Connected(producer));
+        let mut reply = alloc::vec![0u8; HELLO_REPLY_MAX_LEN];
+        let len = HelloReply::Accept {
+            version,
+            max_message: limit as u32,
+        }
+        .encode(&mut reply)
+        .unwrap_or(0);
+        reply.truncate(len);
+        Action::Accept { reply }
+    }
+
+    fn remember_instance(&mut self, now: u64, hello: &Hello<'_>, producer: &Arc<ProducerInfo>) {
+        if !self.instances.contains_key(&hello.instance) && self.instances.len() >= self.config.max_instances
+        {
+            // Forget the longest-idle disconnected instance; its sequence state is complete
+            // (closing resolved everything below its high-water mark).
+            let idle = self
+                .instances
+                .iter()
+                .filter(|(_, i)| !i.live)
+                .min_by_key(|(_, i)| i.last_active)
+                .map(|(k, _)| *k);
+            if let Some(k) = idle {
+                self.instances.remove(&k);
+            }
+        }
+        let inst = self.instances.entry(hello.instance).or_insert_with(|| Instance {
+            tracker: SequenceTracker::new(hello.next_seq),
+            producer: producer.clone(),
+            live: true,
+            last_active: now,
+        });
+        inst.producer = producer.clone();
+        inst.live = true;
+        inst.last_active = now;
+        inst.tracker.on_resume(now, hello.next_seq);
+    }
+
+    fn receive(&mut self, now: u64, conn: ConnId, header: &PortMessage, data: &[u8], out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            out.push(Output::Malformed {
+                producer: None,
+                client_pid: header.client_process,
+                error: DecodeError::InvalidValue("message before a handshake"),
+            });
+            return;
+        };
+        let producer = session.producer.clone();
+        let malformed = |error| Output::Malformed {
+            producer: Some(producer.clone()),
+            client_pid: header.client_process,
+            error,
+        };
+        let msg = match Message::decode(data, session.limit) {
+            Ok(m) => m,
+            Err(e) => return out.push(malformed(e)),
+        };
+        let Some(inst) = self.instances.get_mut(&producer.instance) else {
+            return out.push(malformed(DecodeError::InvalidValue("instance state missing")));
+        };
+        inst.last_active = now;
+        let reorder_max = self.config.reorder_max;
+        let mut deliveries = Vec::new();
+        let transport = |bytes, fragments| TransportInfo {
+            api: self.config.api,
+            message_id: header.message_id,
+            client_pid: header.client_process,
+            bytes,
+            fragments,
+        };
+        match msg {
+            Message::Event(view) => {
+                let event = Event::from(&view);
+                inst.tracker.on_event(
+                    now,
+                    view.header.seq,
+                    (event, transport(data.len(), 1)),
+                    reorder_max,
+                    &mut deliveries,
+                );
+            }
+            Message::Fragment(frag) => {
+                if inst.tracker.is_resolved(frag.event_seq) {
+                    deliveries.push(Delivery::Stale {
+                        seq: frag.event_seq,
+                        duplicate: true,
+                    });
+                } else {
+                    match session.reassembly.push(now, &frag) {
+                        Push::Pending => {}
+                        Push::Duplicate => deliveries.push(Delivery::Stale {
+                            seq: frag.event_seq,
+                            duplicate: true,
+                        }),
+                        Push::Complete(bytes) => match Message::decode(&bytes, self.config.max_event_len) {
+                            Ok(Message::Event(view)) if view.header.seq == frag.event_seq => {
+                                let event = Event::from(&view);
+                                let t = transport(bytes.len(), frag.count);
+                                inst.tracker.on_event(
+                                    now,
+                                    frag.event_seq,
+                                    (event, t),
+                                    reorder_max,
+                                    &mut deliveries,
+                                );
+                            }
+                            Ok(_) => {
+                                out.push(malformed(DecodeError::InvalidValue(
+                                    "reassembled message is not its event",
+                                )));
+                                inst.tracker.on_lost_range(
+                                    now,
+                                    LossStage::Reassembly,
+                                    frag.event_seq,
+                                    frag.event_seq,
+                                    &mut deliveries,
+                                );
+                            }
+                            Err(e) => {
+                                out.push(malformed(e));
+                                inst.tracker.on_lost_range(
+                                    now,
+                                    LossStage::Reassembly,
+                                    frag.event_seq,
+                                    frag.event_seq,
+                                    &mut deliveries,
+                                );
+                            }
+                        },
+                        Push::Invalid(why) => {
+                            out.push(malformed(DecodeError::InvalidValue(why)));
+                            inst.tracker.on_lost_range(
+                                now,
+                                LossStage::Reassembly,
+                                frag.event_seq,
+                                frag.event_seq,
+                                &mut deliveries,
+                            );
+                        }
+                        Push::OverLimit => {
+                            inst.tracker.on_lost_range(
+                                now,
+                                LossStage::Reassembly,
+                                frag.event_seq,
+                                frag.event_seq,
+                                &mut deliveries,
+                            );
+                        }
+                    }
+                }
+            }
+            Message::Loss(loss) if loss.stage == LossStage::ProducerSend => {
+                inst.tracker
+                    .on_lost_range(now, loss.stage, loss.first_seq, loss.last_seq, &mut deliveries);
+            }
+            Message::Loss(loss) => {
+                // Queue and kernel drops never had sequence numbers: they stand on their own.
+                out.push(Output::Loss {
+                    producer: producer.clone(),
+                    loss,
+                });
+            }
+            Message::Heartbeat(heartbeat) => {
+                inst.tracker.on_high_water(now, heartbeat.last_seq);
+                out.push(Output::Heartbeat {
+                    producer: producer.clone(),
+                    heartbeat,
+                });
+            }
+            Message::Hello(_) | Message::HelloReply(_) => {
+                out.push(malformed(DecodeError::InvalidValue(
+                    "handshake message in an established session",
+                )));
+            }
+        }
+        emit(&producer, deliveries, out);
+    }
+
+    fn close(&mut self, conn: ConnId, reason: &'static str, out: &mut Vec<Output>) {
+        let Some(mut session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        // Pieces of events still in reassembly are left unresolved rather than counted here:
+        // the producer reports them as failed sends after it reconnects, or the gap timer
+        // counts them, but never both.
+        session.reassembly.clear();
+        let producer = session.producer;
+        if let Some(inst) = self.instances.get_mut(&producer.instance) {
+            let mut deliveries = Vec::new();
+            inst.tracker.on_close(&mut deliveries);
+            inst.live = false;
+            emit(&producer, deliveries, out);
+        }
+        out.push(Output::Disconnected { producer, reason });
+    }
+
+    /// Runs the timers: reassembly expiry and sequence gaps that waited too long.
+    pub fn poll(&mut self, now: u64, out: &mut Vec<Output>) {
+        let mut expired = Vec::new();
+        for session in self.sessions.values_mut() {
+            expired.clear();
+            session.reassembly.expire(now, &mut expired);
+            if let Some(inst) = self.instances.get_mut(&session.producer.instance) {
+                let mut deliveries = Vec::new();
+                for &seq in &expired {
+                    inst.tracker
+                        .on_lost_range(now, LossStage::Reassembly, seq, seq, &mut deliveries);
+                }
+                emit(&session.producer, deliveries, out);
+            }
+        }
+        for inst in self.instances.values_mut().filter(|i| i.live) {
+            let mut deliveries = Vec::new();
+            inst.tracker
+                .poll(now, self.config.gap_timeout_ns, &mut deliveries);
+            emit(&inst.producer, deliveries, out);
+        }
+    }
+
+    /// The earliest time [`Server::poll`] has work to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let reassembly = self.sessions.values().filter_map(|s| s.reassembly.deadline());
+        let gaps = self
+            .instances
+            .values()
+            .filter(|i| i.live)
+            .filter_map(|i| i.tracker.deadline(self.config.gap_timeout_ns));
+        reassembly.chain(gaps).min()
+    }
+
+    /// Events held back waiting for missing sequence numbers, over all producers.
+    pub fn held_events(&self) -> usize {
+        self.instances.values().map(|i| i.tracker.pending_len()).sum()
+    }
+
+    /// Events being reassembled, over all connections.
+    pub fn reassembling(&self) -> usize {
+        self.sessions.values().map(|s| s.reassembly.pending()).sum()
+    }
+}
+
+fn emit(
+    producer: &Arc<ProducerInfo>,
+    deliveries: Vec<Delivery<(Event, TransportInfo)>>,
+    out: &mut Vec<Output>,
+) {
+    for d in deliveries {
+        out.push(match d {
+            Delivery::Event((event, transport)) => Output::Event {
+                producer: producer.clone(),
+                event,
+                transport,
+            },
+            Delivery::Lost { stage, first, last } => Output::Loss {
+                producer: producer.clone(),
+                loss: Loss {
+                    stage,
+                    count: last - first + 1,
+                    first_seq: first,
+                    last_seq: last,
+                },
+            },
+            Delivery::Stale { seq, duplicate } => Output::Stale {
+                producer: producer.clone(),
+                seq,
+                duplicate,
+            },
+        });
+    }
+}

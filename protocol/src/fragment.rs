@@ -11,43 +11,40 @@ use crate::message::{FRAGMENT_HEADER_LEN, Fragment};
 /// The smallest message limit fragmentation supports (DESIGN: 64 bytes of data).
 pub const MIN_MESSAGE_LIMIT: usize = 64;
 
-/// Splits one encoded event into messages of at most `limit` bytes.
-#[derive(Debug, Clone)]
-pub struct Fragmenter<'a> {
-    event: &'a [u8],
+/// How one encoded event is split into messages of at most `limit` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragmenter {
+    len: usize,
     seq: u64,
     chunk: usize,
     count: u16,
-    next: u16,
 }
 
-impl<'a> Fragmenter<'a> {
-    /// Plans the split. An event that fits in one message is sent whole (one piece, no
-    /// fragment header).
-    pub fn new(event: &'a [u8], seq: u64, limit: usize) -> Result<Self, EncodeError> {
+impl Fragmenter {
+    /// Plans the split of an event of `len` bytes. An event that fits in one message is sent
+    /// whole (one piece, no fragment header).
+    pub fn new(len: usize, seq: u64, limit: usize) -> Result<Self, EncodeError> {
         if limit < MIN_MESSAGE_LIMIT {
             return Err(EncodeError::LimitTooSmall { limit });
         }
-        if event.len() <= limit {
+        if len <= limit {
             return Ok(Fragmenter {
-                event,
+                len,
                 seq,
-                chunk: event.len(),
+                chunk: len,
                 count: 1,
-                next: 0,
             });
         }
         let chunk = limit - FRAGMENT_HEADER_LEN;
-        let count = event.len().div_ceil(chunk);
-        if count > usize::from(u16::MAX) || event.len() > u32::MAX as usize {
-            return Err(EncodeError::TooManyFragments { len: event.len() });
+        let count = len.div_ceil(chunk);
+        if count > usize::from(u16::MAX) || len > u32::MAX as usize {
+            return Err(EncodeError::TooManyFragments { len });
         }
         Ok(Fragmenter {
-            event,
+            len,
             seq,
             chunk,
             count: count as u16,
-            next: 0,
         })
     }
 
@@ -56,34 +53,32 @@ impl<'a> Fragmenter<'a> {
         self.count
     }
 
-    /// Writes the next message into `out` and returns its length, or `None` when done.
-    pub fn next_message(&mut self, out: &mut [u8]) -> Option<Result<usize, EncodeError>> {
-        if self.next >= self.count {
-            return None;
-        }
-        let index = self.next;
-        self.next += 1;
-        if self.count == 1 {
-            return Some(match out.get_mut(..self.event.len()) {
-                Some(dst) => {
-                    dst.copy_from_slice(self.event);
-                    Ok(self.event.len())
-                }
-                None => Err(EncodeError::BufferTooSmall {
-                    needed: self.event.len(),
-                    capacity: out.len(),
-                }),
+    /// Writes message `index` (from 0) of `event` into `out` and returns its length.
+    pub fn write(&self, event: &[u8], index: u16, out: &mut [u8]) -> Result<usize, EncodeError> {
+        if event.len() != self.len || index >= self.count {
+            return Err(EncodeError::BufferTooSmall {
+                needed: self.len,
+                capacity: event.len(),
             });
         }
+        if self.count == 1 {
+            let capacity = out.len();
+            let dst = out.get_mut(..self.len).ok_or(EncodeError::BufferTooSmall {
+                needed: self.len,
+                capacity,
+            })?;
+            dst.copy_from_slice(event);
+            return Ok(self.len);
+        }
         let start = usize::from(index) * self.chunk;
-        let end = (start + self.chunk).min(self.event.len());
-        let frag = Fragment {
+        let end = (start + self.chunk).min(self.len);
+        Fragment {
             event_seq: self.seq,
             index,
             count: self.count,
-            total_len: self.event.len() as u32,
-            bytes: &self.event[start..end],
-        };
-        Some(frag.encode(out))
+            total_len: self.len as u32,
+            bytes: &event[start..end],
+        }
+        .encode(out)
     }
 }

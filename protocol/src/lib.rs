@@ -28,8 +28,11 @@ pub mod event;
 pub mod fragment;
 pub mod message;
 pub mod port_message;
+pub mod producer;
+pub mod queue;
 #[cfg(feature = "alloc")]
 pub mod server;
+mod sync;
 
 pub use error::{DecodeError, EncodeError};
 pub use event::{EventHeader, EventKind, EventView, EventWriter, FieldType};

@@ -308,21 +308,24 @@ impl LossStage {
     }
 }
 
-/// A producer's report of events it lost.
+/// A report of events lost.
 ///
 /// For `ProducerSend` the range is exact: those sequence numbers were assigned and never sent.
 /// For `ProducerQueue` and `Kernel` the events never received sequence numbers; the range says
 /// where they fell (`first_seq` is the next sequence number at the first drop, `last_seq` at the
-/// last) and `count` is exact.
+/// last) and `count` is exact. `total` is the producer's running total for the stage including
+/// this report, so the server counts the increase: a report lost, repeated or reordered in
+/// transit is neither missed nor counted twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loss {
     pub stage: LossStage,
     pub count: u64,
     pub first_seq: u64,
     pub last_seq: u64,
+    pub total: u64,
 }
 
-pub const LOSS_LEN: usize = COMMON_HEADER_LEN + 8 + 24;
+pub const LOSS_LEN: usize = COMMON_HEADER_LEN + 8 + 32;
 
 impl Loss {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
@@ -333,6 +336,7 @@ impl Loss {
         w.u64(self.count)?;
         w.u64(self.first_seq)?;
         w.u64(self.last_seq)?;
+        w.u64(self.total)?;
         Ok(w.position())
     }
 
@@ -344,8 +348,9 @@ impl Loss {
             count: r.u64()?,
             first_seq: r.u64()?,
             last_seq: r.u64()?,
+            total: r.u64()?,
         };
-        if loss.count == 0 || loss.first_seq > loss.last_seq {
+        if loss.count == 0 || loss.first_seq > loss.last_seq || loss.total < loss.count {
             return Err(DecodeError::InvalidValue("loss range"));
         }
         if loss.stage == LossStage::ProducerSend && loss.last_seq - loss.first_seq + 1 != loss.count {
@@ -357,11 +362,13 @@ impl Loss {
     }
 }
 
-/// Producer liveness and its own counters. `last_seq` lets the server notice a lost tail.
+/// Producer liveness and its own counters. `last_seq` lets the server notice a lost tail, and
+/// `queue_drops_reported` a lost queue-loss report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Heartbeat {
     pub produced: u64,
-    pub queue_dropped: u64,
+    /// Running total of queue drops the producer has sent `Loss` reports for.
+    pub queue_drops_reported: u64,
     pub send_failed: u64,
     pub last_seq: u64,
 }
@@ -373,7 +380,7 @@ impl Heartbeat {
         let mut w = Writer::new(out);
         write_common(&mut w, MessageType::Heartbeat, VERSION)?;
         w.u64(self.produced)?;
-        w.u64(self.queue_dropped)?;
+        w.u64(self.queue_drops_reported)?;
         w.u64(self.send_failed)?;
         w.u64(self.last_seq)?;
         Ok(w.position())
@@ -382,7 +389,7 @@ impl Heartbeat {
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Heartbeat {
             produced: r.u64()?,
-            queue_dropped: r.u64()?,
+            queue_drops_reported: r.u64()?,
             send_failed: r.u64()?,
             last_seq: r.u64()?,
         })

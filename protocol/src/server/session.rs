@@ -164,6 +164,9 @@ struct Session {
 
 struct Instance {
     tracker: SequenceTracker<(Event, TransportInfo)>,
+    /// Running totals already counted for the stages without sequence numbers.
+    queue_drops: u64,
+    kernel_drops: u64,
     producer: Arc<ProducerInfo>,
     live: bool,
     last_active: u64,
@@ -385,6 +388,8 @@ impl Server {
         }
         let inst = self.instances.entry(hello.instance).or_insert_with(|| Instance {
             tracker: SequenceTracker::new(hello.next_seq),
+            queue_drops: 0,
+            kernel_drops: 0,
             producer: producer.clone(),
             live: true,
             last_active: now,
@@ -513,14 +518,24 @@ impl Server {
                     .on_lost_range(now, loss.stage, loss.first_seq, loss.last_seq, &mut deliveries);
             }
             Message::Loss(loss) => {
-                // Queue and kernel drops never had sequence numbers: they stand on their own.
-                out.push(Output::Loss {
-                    producer: producer.clone(),
-                    loss,
-                });
+                // Queue and kernel drops never had sequence numbers: count the increase of the
+                // running total, so a lost or repeated report changes nothing.
+                let counted = match loss.stage {
+                    LossStage::Kernel => &mut inst.kernel_drops,
+                    _ => &mut inst.queue_drops,
+                };
+                count_total(&producer, loss, counted, out);
             }
             Message::Heartbeat(heartbeat) => {
                 inst.tracker.on_high_water(now, heartbeat.last_seq);
+                let reported = Loss {
+                    stage: LossStage::ProducerQueue,
+                    count: 1,
+                    first_seq: heartbeat.last_seq + 1,
+                    last_seq: heartbeat.last_seq + 1,
+                    total: heartbeat.queue_drops_reported,
+                };
+                count_total(&producer, reported, &mut inst.queue_drops, out);
                 out.push(Output::Heartbeat {
                     producer: producer.clone(),
                     heartbeat,
@@ -598,6 +613,19 @@ impl Server {
     }
 }
 
+/// Emits the part of a running loss total not yet counted.
+fn count_total(producer: &Arc<ProducerInfo>, loss: Loss, counted: &mut u64, out: &mut Vec<Output>) {
+    if loss.total <= *counted {
+        return;
+    }
+    let count = loss.total - *counted;
+    *counted = loss.total;
+    out.push(Output::Loss {
+        producer: producer.clone(),
+        loss: Loss { count, ..loss },
+    });
+}
+
 fn emit(
     producer: &Arc<ProducerInfo>,
     deliveries: Vec<Delivery<(Event, TransportInfo)>>,
@@ -617,6 +645,7 @@ fn emit(
                     count: last - first + 1,
                     first_seq: first,
                     last_seq: last,
+                    total: last - first + 1,
                 },
             },
             Delivery::Stale { seq, duplicate } => Output::Stale {

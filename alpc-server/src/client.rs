@@ -18,6 +18,8 @@ pub enum PortError {
     Closed,
     #[error("message of {len} bytes exceeds the port's limit of {limit}")]
     TooLong { len: usize, limit: usize },
+    #[error("{0} is not supported")]
+    Unsupported(&'static str),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("{call} failed: {source}")]

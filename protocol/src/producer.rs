@@ -56,6 +56,13 @@ impl<const N: usize> EventSlot<N> {
         Ok(())
     }
 
+    /// Lets an encoder that writes a whole event (and returns its length) fill this slot.
+    pub fn write_with(&mut self, encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>) -> Result<(), EncodeError> {
+        self.len = 0;
+        self.len = encode(&mut self.bytes)?.min(N);
+        Ok(())
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }

@@ -1,0 +1,17 @@
+//! The Unix `SOCK_SEQPACKET` port: the stand-in for the ALPC port on Linux, carrying the same
+//! wire format.
+
+mod client;
+mod server;
+
+pub use client::UnixPortConnection;
+pub use server::{UnixPortConfig, UnixPortServer};
+
+use std::time::Duration;
+
+use nix::sys::time::{TimeVal, TimeValLike};
+
+/// A socket timeout as nix wants it.
+fn timeval(d: Duration) -> TimeVal {
+    TimeVal::microseconds(d.as_micros().min(i64::MAX as u128) as i64)
+}

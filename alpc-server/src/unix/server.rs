@@ -1,0 +1,304 @@
+//! The Unix port server: a `SOCK_SEQPACKET` socket that stands in for the ALPC port.
+//!
+//! Each datagram becomes a `PORT_MESSAGE` header plus data, built as the Windows kernel would:
+//! the first datagram of a connection is the `LPC_CONNECTION_REQUEST` carrying the Hello, later
+//! ones are `LPC_DATAGRAM`s, EOF is `LPC_PORT_CLOSED` and a socket error `LPC_CLIENT_DIED`.
+//! `ClientId.UniqueProcess` is the peer pid from `SO_PEERCRED` and `MessageId` a per-port
+//! counter. So the protocol session cannot tell the platforms apart.
+//!
+//! Security (DESIGN invariant 4): the socket is mode 0600 in a 0700 directory owned by the
+//! server's user, and a peer whose `SO_PEERCRED` uid is neither ours nor root is refused.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lpcmon_protocol::PortMessage;
+use lpcmon_protocol::lpc;
+use lpcmon_protocol::server::{Action, ConnId};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
+};
+use nix::unistd::Uid;
+
+use super::timeval;
+use crate::client::PortError;
+use crate::dispatch::Dispatcher;
+
+/// How often blocked threads look at the stop flag and the dispatcher's timers run.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct UnixPortConfig {
+    pub path: PathBuf,
+    /// The largest datagram accepted; longer ones are counted as malformed.
+    pub max_message: usize,
+    pub max_connections: usize,
+    /// Mode of the socket file. 0600 by default; tests widen it to let a foreign uid reach the
+    /// `SO_PEERCRED` check, which is the second line of defence.
+    pub socket_mode: u32,
+}
+
+impl UnixPortConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        UnixPortConfig {
+            path: path.into(),
+            max_message: 64 * 1024,
+            max_connections: 64,
+            socket_mode: 0o600,
+        }
+    }
+}
+
+fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> PortError {
+    move |e| PortError::Io {
+        call,
+        source: io::Error::from(e),
+    }
+}
+
+/// Creates the socket's directory as 0700, or checks that an existing one is ours and closed to
+/// others, so no other user can replace the socket.
+fn prepare_dir(dir: &Path) -> Result<(), PortError> {
+    match fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
+        Ok(()) => {}
+        Err(source) => return Err(PortError::Io { call: "mkdir", source }),
+    }
+    let meta = fs::metadata(dir).map_err(|source| PortError::Io { call: "stat", source })?;
+    if meta.uid() != Uid::effective().as_raw() {
+        return Err(PortError::Io {
+            call: "check socket directory",
+            source: io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is owned by uid {}, not by this user", dir.display(), meta.uid()),
+            ),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|source| PortError::Io { call: "chmod", source })?;
+    }
+    Ok(())
+}
+
+/// Removes a socket file left by a server that is gone; refuses to steal a live one.
+fn clear_stale_socket(path: &Path) -> Result<(), PortError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let probe = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io_err("socket"))?;
+    let addr = UnixAddr::new(path).map_err(io_err("socket path"))?;
+    if socket::connect(probe.as_raw_fd(), &addr).is_ok() {
+        return Err(PortError::Io {
+            call: "bind",
+            source: io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another lpcmon server is listening on {}", path.display()),
+            ),
+        });
+    }
+    fs::remove_file(path).map_err(|source| PortError::Io { call: "unlink", source })
+}
+
+struct Shared {
+    dispatcher: Arc<Dispatcher>,
+    stop: AtomicBool,
+    message_id: AtomicU32,
+    connections: AtomicUsize,
+    config: UnixPortConfig,
+}
+
+/// A running Unix port server. Dropping it without [`UnixPortServer::shutdown`] leaves the
+/// threads running until the process exits.
+pub struct UnixPortServer {
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    path: PathBuf,
+}
+
+impl UnixPortServer {
+    pub fn start(config: UnixPortConfig, dispatcher: Arc<Dispatcher>) -> Result<Self, PortError> {
+        if let Some(dir) = config.path.parent() {
+            prepare_dir(dir)?;
+        }
+        clear_stale_socket(&config.path)?;
+        let listener = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(io_err("socket"))?;
+        let addr = UnixAddr::new(&config.path).map_err(io_err("socket path"))?;
+        socket::bind(listener.as_raw_fd(), &addr).map_err(io_err("bind"))?;
+        fs::set_permissions(&config.path, fs::Permissions::from_mode(config.socket_mode))
+            .map_err(|source| PortError::Io { call: "chmod", source })?;
+        socket::listen(&listener, Backlog::new(64).map_err(io_err("listen"))?).map_err(io_err("listen"))?;
+        socket::setsockopt(&listener, sockopt::ReceiveTimeout, &timeval(POLL_INTERVAL))
+            .map_err(io_err("setsockopt"))?;
+
+        let path = config.path.clone();
+        let shared = Arc::new(Shared {
+            dispatcher,
+            stop: AtomicBool::new(false),
+            message_id: AtomicU32::new(0),
+            connections: AtomicUsize::new(0),
+            config,
+        });
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let shared = shared.clone();
+            let readers = readers.clone();
+            std::thread::Builder::new()
+                .name("lpcmon-port-accept".into())
+                .spawn(move || accept_loop(&shared, &listener, &readers))
+                .map_err(|source| PortError::Io { call: "spawn", source })?
+        };
+        tracing::info!(path = %path.display(), "port listening (unix seqpacket)");
+        Ok(UnixPortServer {
+            shared,
+            acceptor: Some(acceptor),
+            readers,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, closes every connection (each becomes `LPC_PORT_CLOSED`), and waits
+    /// for the threads. Bounded by the poll interval.
+    pub fn shutdown(mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        for r in readers {
+            let _ = r.join();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, readers: &Mutex<Vec<JoinHandle<()>>>) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        shared.dispatcher.tick();
+        let fd = match socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "accept failed");
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+        };
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let Some(peer) = authorise(shared, &conn) else {
+            continue;
+        };
+        if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+            shared.dispatcher.refuse_peer(peer, "connection limit reached");
+            continue;
+        }
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let id = shared.dispatcher.next_conn_id();
+        let shared2 = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("lpcmon-port-conn-{id}"))
+            .spawn(move || {
+                serve_connection(&shared2, id, peer, conn);
+                shared2.connections.fetch_sub(1, Ordering::Relaxed);
+            });
+        match spawned {
+            Ok(handle) => {
+                let mut r = readers.lock().unwrap_or_else(|p| p.into_inner());
+                r.retain(|h| !h.is_finished());
+                r.push(handle);
+            }
+            Err(e) => {
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "could not start a connection thread");
+            }
+        }
+    }
+}
+
+/// Checks the peer's credentials. Returns its pid, or `None` after refusing it.
+fn authorise(shared: &Shared, conn: &OwnedFd) -> Option<u64> {
+    let creds = match socket::getsockopt(conn, sockopt::PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.dispatcher.refuse_peer(0, &format!("SO_PEERCRED failed: {e}"));
+            return None;
+        }
+    };
+    let pid = creds.pid().max(0) as u64;
+    let ours = Uid::effective().as_raw();
+    if creds.uid() != ours && creds.uid() != 0 {
+        shared
+            .dispatcher
+            .refuse_peer(pid, &format!("peer uid {} is neither the server's ({ours}) nor root", creds.uid()));
+        return None;
+    }
+    Some(pid)
+}
+
+fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {
+    let id = shared.message_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    // Unix has no thread id for a peer; the pid stands in for both halves of the ClientId.
+    PortMessage::new(kind, len, pid, pid, id)
+}
+
+fn serve_connection(shared: &Shared, id: ConnId, pid: u64, conn: OwnedFd) {
+    if let Err(e) = socket::setsockopt(&conn, sockopt::ReceiveTimeout, &timeval(POLL_INTERVAL)) {
+        tracing::error!(error = %e, "setsockopt on a connection failed");
+        return;
+    }
+    // One byte more than the limit, so an oversized datagram is seen as oversized.
+    let mut buf = vec![0u8; shared.config.max_message + 1];
+    let mut established = false;
+    let mut closing_kind = lpc::PORT_CLOSED;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = match socket::recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+            Ok(0) => break,
+            Ok(n) => n.min(buf.len()),
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => continue,
+            Err(e) => {
+                tracing::debug!(conn = id, error = %e, "connection failed");
+                closing_kind = lpc::CLIENT_DIED;
+                break;
+            }
+        };
+        let data = &buf[..n];
+        let kind = if established { lpc::DATAGRAM } else { lpc::CONNECTION_REQUEST };
+        let action = shared.dispatcher.handle(id, &header(shared, kind, n, pid), data);
+        match action {
+            Action::Accept { reply } => {
+                established = true;
+                if send_all(&conn, &reply).is_err() {
+                    closing_kind = lpc::CLIENT_DIED;
+                    break;
+                }
+            }
+            Action::Refuse { reply } => {
+                let _ = send_all(&conn, &reply);
+                return;
+            }
+            Action::Close => break,
+            Action::None | Action::Reply { .. } => {}
+        }
+    }
+    if established {
+        shared.dispatcher.handle(id, &header(shared, closing_kind, 0, pid), &[]);
+    }
+}
+
+fn send_all(conn: &impl AsFd, data: &[u8]) -> nix::Result<()> {
+    socket::send(conn.as_fd().as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map(|_| ())
+}

@@ -1,0 +1,232 @@
+//! The user-mode producer runtime: the protocol's queue and worker on a thread, over a Unix port.
+//!
+//! This is the same shape as the Windows driver: whoever sees events pushes them into the bounded
+//! queue without blocking (a full queue is counted), and one worker thread runs
+//! `lpcmon_protocol::producer::run`, which connects, backs off, sends and reports loss.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use alpc_server::client::{PortConnection, PortError};
+use alpc_server::unix::UnixPortConnection;
+use lpcmon_protocol::ProducerKind;
+use lpcmon_protocol::producer::{self, ConnectFailure, EventSlot, ProducerIo, Worker, WorkerConfig, WorkerStats};
+use lpcmon_protocol::queue::{Queue, Slot};
+
+/// How a producer reaches the server.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub port: PathBuf,
+    pub kind: ProducerKind,
+    /// Queue slots; rounded up to a power of two.
+    pub queue_capacity: usize,
+    /// The largest message this producer sends (the server may agree on less).
+    pub max_message: usize,
+    /// How long a stop may spend draining the queue and reporting.
+    pub stop_grace: Duration,
+    pub heartbeat: Duration,
+}
+
+impl ProducerConfig {
+    pub fn new(port: impl Into<PathBuf>, kind: ProducerKind) -> Self {
+        ProducerConfig {
+            port: port.into(),
+            kind,
+            queue_capacity: 16 * 1024,
+            max_message: 64 * 1024,
+            stop_grace: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a stopped producer reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerReport {
+    /// Every event offered to the queue.
+    pub produced: u64,
+    /// Refused by the full queue (reported to the server as `producer_queue` loss).
+    pub queue_dropped: u64,
+    pub worker: WorkerStats,
+}
+
+/// A running producer. Push events with [`Producer::push`]; stop it with [`Producer::stop`].
+pub struct Producer<const N: usize> {
+    queue: &'static Queue<'static, EventSlot<N>>,
+    worker: Thread,
+    stop: Arc<AtomicBool>,
+    kernel_dropped: Arc<AtomicU64>,
+    join: JoinHandle<WorkerStats>,
+}
+
+struct UnixIo {
+    config: ProducerConfig,
+    conn: Option<UnixPortConnection>,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+    kernel_dropped: Arc<AtomicU64>,
+    failures: u64,
+}
+
+impl ProducerIo for UnixIo {
+    fn now(&mut self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure> {
+        self.conn = None;
+        match UnixPortConnection::connect(&self.config.port, hello, Duration::from_nanos(timeout_ns)) {
+            Ok(conn) => {
+                let limit = conn.max_message();
+                tracing::info!(port = %self.config.port.display(), limit, "connected to the lpcmon port");
+                self.conn = Some(conn);
+                self.failures = 0;
+                Ok(limit)
+            }
+            Err(e) => {
+                // Say it the first time and then now and again, not at every backoff step.
+                if self.failures.is_power_of_two() || self.failures == 0 {
+                    tracing::warn!(error = %e, attempts = self.failures + 1, "cannot connect to the lpcmon port; retrying");
+                }
+                self.failures += 1;
+                Err(match e {
+                    PortError::Refused { .. } => ConnectFailure::Refused,
+                    _ => ConnectFailure::Unavailable,
+                })
+            }
+        }
+    }
+
+    fn send(&mut self, message: &[u8]) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match conn.send(message) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "send to the lpcmon port failed; reconnecting");
+                self.conn = None;
+                false
+            }
+        }
+    }
+
+    fn wait(&mut self, until: u64) {
+        let now = self.now();
+        // Pushers unpark this thread, so an event wakes it at once.
+        std::thread::park_timeout(Duration::from_nanos(until.saturating_sub(now)));
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn kernel_dropped(&mut self) -> u64 {
+        self.kernel_dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A random instance id: a producer restart must look like a new producer.
+fn instance_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if getrandom::fill(&mut id).is_err() {
+        // No entropy source: fall back to time and pid, still unique per start in practice.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        id[..8].copy_from_slice(&(t as u64).to_le_bytes());
+        id[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    id
+}
+
+fn os_description() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{} {}", std::env::consts::OS, release.trim())
+}
+
+impl<const N: usize> Producer<N> {
+    /// Allocates the queue and starts the worker thread. The worker connects (and reconnects)
+    /// on its own; events pushed meanwhile wait in the queue.
+    pub fn start(config: ProducerConfig) -> std::io::Result<Self> {
+        let capacity = config.queue_capacity.clamp(2, 1 << 22).next_power_of_two();
+        // The queue lives as long as the process: producers are created once per process, and
+        // the worker thread and every pusher borrow it.
+        let slots: &'static [Slot<EventSlot<N>>] =
+            Box::leak((0..capacity).map(|i| Slot::new(i, EventSlot::new())).collect());
+        let queue: &'static Queue<'static, EventSlot<N>> =
+            Box::leak(Box::new(Queue::new(slots).expect("capacity is a power of two")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let kernel_dropped = Arc::new(AtomicU64::new(0));
+        let mut io = UnixIo {
+            config: config.clone(),
+            conn: None,
+            origin: Instant::now(),
+            stop: stop.clone(),
+            kernel_dropped: kernel_dropped.clone(),
+            failures: 0,
+        };
+        let join = std::thread::Builder::new()
+            .name(format!("lpcmon-{}-worker", config.kind.name()))
+            .spawn(move || {
+                let os = os_description();
+                let worker_config = WorkerConfig {
+                    kind: config.kind,
+                    instance: instance_id(),
+                    os: &os,
+                    os_build: 0,
+                    max_message: config.max_message,
+                    backoff_min_ns: WorkerConfig::DEFAULT_BACKOFF_MIN_NS,
+                    backoff_max_ns: WorkerConfig::DEFAULT_BACKOFF_MAX_NS,
+                    connect_timeout_ns: WorkerConfig::DEFAULT_CONNECT_TIMEOUT_NS,
+                    heartbeat_interval_ns: config.heartbeat.as_nanos() as u64,
+                };
+                let mut event_buf = vec![0u8; N];
+                let mut out = vec![0u8; config.max_message.max(256)];
+                let now = io.now();
+                let mut worker = Worker::new(worker_config, &mut event_buf, now);
+                producer::run(&mut worker, queue, &mut io, &mut out, config.stop_grace.as_nanos() as u64)
+            })?;
+        let worker = join.thread().clone();
+        Ok(Producer {
+            queue,
+            worker,
+            stop,
+            kernel_dropped,
+            join,
+        })
+    }
+
+    /// Offers one event; `fill` encodes it into the slot. Never blocks. Returns `false` when
+    /// the queue was full (the drop is counted and will be reported).
+    pub fn push(&self, fill: impl FnOnce(&mut EventSlot<N>)) -> bool {
+        let ok = self.queue.push_with(fill).is_ok();
+        self.worker.unpark();
+        ok
+    }
+
+    /// Adds events lost before they reached this producer (the kernel's ENOBUFS).
+    pub fn add_kernel_dropped(&self, n: u64) {
+        self.kernel_dropped.fetch_add(n, Ordering::Relaxed);
+        self.worker.unpark();
+    }
+
+    pub fn queue_dropped(&self) -> u64 {
+        self.queue.dropped_total()
+    }
+
+    /// Stops the worker: it drains and reports what it can within the grace period.
+    pub fn stop(self) -> ProducerReport {
+        self.stop.store(true, Ordering::Release);
+        self.worker.unpark();
+        let worker = self.join.join().unwrap_or_default();
+        ProducerReport {
+            produced: self.queue.produced(),
+            queue_dropped: self.queue.dropped_total(),
+            worker,
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use lpcmon_protocol::server::{Action, ConnId, Output, ProducerInfo, Server, ServerConfig};
-use lpcmon_protocol::{Loss, LossStage, PortMessage};
+use lpcmon_protocol::{Loss, LossStage, PortMessage, RefuseReason};
 use tokio::sync::mpsc;
 
 /// The sending half of the ingest channel.
@@ -97,7 +97,9 @@ impl Dispatcher {
     /// Runs one port message through the protocol and forwards what it produced.
     pub fn handle(&self, conn: ConnId, header: &PortMessage, data: &[u8]) -> Action {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let now = self.now();
         let mut inner = self.lock();
         let mut outputs = std::mem::take(&mut inner.scratch);
@@ -108,13 +110,18 @@ impl Dispatcher {
     }
 
     /// A peer refused before any handshake: counted, logged, and reported downstream.
-    pub fn refuse_peer(&self, client_pid: u64, why: &str) {
+    pub fn refuse_peer(&self, client_pid: u64, reason: RefuseReason, why: &str) {
         self.counters.transport_refusals.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(client_pid, why, "refused a port connection");
+        tracing::warn!(
+            client_pid,
+            reason = reason.name(),
+            why,
+            "refused a port connection"
+        );
         let mut inner = self.lock();
         let mut outputs = vec![Output::Refused {
             client_pid,
-            reason: lpcmon_protocol::RefuseReason::Unauthorised,
+            reason,
             detail: why.to_owned(),
         }];
         self.forward(&mut inner, &mut outputs);
@@ -141,13 +148,22 @@ impl Dispatcher {
         self.flush(inner);
         for output in outputs.drain(..) {
             match output {
-                Output::Event { producer, event, transport } => {
-                    let blocked = !inner.backlog.is_empty() || inner.ingest_loss.contains_key(&producer.instance);
+                Output::Event {
+                    producer,
+                    event,
+                    transport,
+                } => {
+                    let blocked =
+                        !inner.backlog.is_empty() || inner.ingest_loss.contains_key(&producer.instance);
                     let seq = event.header.seq;
                     let rejected = if blocked {
                         Some(producer)
                     } else {
-                        match self.ingest.try_send(Output::Event { producer, event, transport }) {
+                        match self.ingest.try_send(Output::Event {
+                            producer,
+                            event,
+                            transport,
+                        }) {
                             Ok(()) => None,
                             Err(e) => match e.into_inner() {
                                 Output::Event { producer, .. } => Some(producer),
@@ -217,7 +233,9 @@ fn push_backlog(backlog: &mut VecDeque<Output>, output: Output) {
         // survive any backlog; a connect/disconnect notice past the limit is dropped and logged.
         if let Output::Loss { producer, loss } = &output {
             let same = backlog.iter_mut().find_map(|o| match o {
-                Output::Loss { producer: p, loss: l } if p.instance == producer.instance && l.stage == loss.stage => {
+                Output::Loss { producer: p, loss: l }
+                    if p.instance == producer.instance && l.stage == loss.stage =>
+                {
                     Some(l)
                 }
                 _ => None,

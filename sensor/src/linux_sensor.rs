@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use lpcmon_protocol::ProducerKind;
 
+use crate::SensorError;
 use crate::runtime::{Producer, ProducerConfig, ProducerReport};
 use crate::sensor_event::encode_event;
 use crate::source::{ProcConnectorSource, SourceConfig, SourceItem};
-use crate::SensorError;
 
 /// Slot size for sensor events: room for a long command line; longer ones are truncated and
 /// flagged.
@@ -36,6 +36,30 @@ pub enum SensorRunError {
     Producer(#[from] std::io::Error),
 }
 
+/// Real-time priority for the reader thread. An exec event only says "pid N exec'd"; the path and
+/// command line must be read from `/proc/N` before the process exits, and `/bin/true` lives for
+/// well under a millisecond. Measured here (100 runs of `/bin/true`, debug build): 75 of 100
+/// execs lost their executable at normal priority, 0 of 100 with this. The thread blocks in
+/// `recv` and does bounded work per message, and the kernel's RT throttling still applies.
+fn prefer_realtime() {
+    let param = libc::sched_param {
+        sched_priority: REALTIME_PRIORITY,
+    };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        tracing::info!(priority = REALTIME_PRIORITY, "sensor reader runs SCHED_FIFO");
+    } else {
+        tracing::info!(
+            error = %std::io::Error::last_os_error(),
+            "sensor reader stays at normal priority; very short-lived processes may lack their executable"
+        );
+    }
+}
+
+/// Low among real-time priorities: above every normal task, below the kernel's own RT threads.
+const REALTIME_PRIORITY: i32 = 10;
+
 /// Subscribes to the proc connector and forwards events until `stop` is set. Returns once the
 /// producer has drained (bounded by its stop grace).
 pub fn run(
@@ -44,6 +68,7 @@ pub fn run(
     stop: &Arc<AtomicBool>,
 ) -> Result<SensorReport, SensorRunError> {
     let mut source = ProcConnectorSource::open(source)?;
+    prefer_realtime();
     let producer = Producer::<SENSOR_SLOT>::start(ProducerConfig {
         kind: ProducerKind::LinuxSensor,
         ..producer
@@ -64,7 +89,9 @@ pub fn run(
                     let _ = slot.write_with(|buf| encode_event(&ev, buf, STRING_CAP));
                 });
             }
-            Ok(Some(SourceItem::Overrun)) => tracing::warn!("the kernel dropped proc-connector messages (ENOBUFS)"),
+            Ok(Some(SourceItem::Overrun)) => {
+                tracing::warn!("the kernel dropped proc-connector messages (ENOBUFS)")
+            }
             Ok(Some(SourceItem::Lost { messages })) => {
                 kernel_lost += messages;
                 producer.add_kernel_dropped(messages);

@@ -53,7 +53,9 @@ pub fn min_size() -> usize {
 
 /// Wall-clock nanoseconds since the Unix epoch.
 pub fn wall_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs the whole load: pushes, then stops the producer and waits for it to drain.
@@ -90,7 +92,9 @@ pub fn run(config: &LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
         };
         producer.push(|slot: &mut EventSlot<LOADGEN_SLOT>| {
             // The slot is large enough for every accepted size, so this cannot fail.
-            let _ = slot.encode(&header, LOADGEN_SLOT, |w| w.utf8(FieldType::COMMAND_LINE, &padding));
+            let _ = slot.encode(&header, LOADGEN_SLOT, |w| {
+                w.utf8(FieldType::COMMAND_LINE, &padding)
+            });
         });
     }
     let report = producer.stop();

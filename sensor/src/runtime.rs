@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use alpc_server::client::{PortConnection, PortError};
 use alpc_server::unix::UnixPortConnection;
 use lpcmon_protocol::ProducerKind;
-use lpcmon_protocol::producer::{self, ConnectFailure, EventSlot, ProducerIo, Worker, WorkerConfig, WorkerStats};
+use lpcmon_protocol::producer::{
+    self, ConnectFailure, EventSlot, ProducerIo, Worker, WorkerConfig, WorkerStats,
+};
 use lpcmon_protocol::queue::{Queue, Slot};
 
 /// How a producer reaches the server.
@@ -188,7 +190,13 @@ impl<const N: usize> Producer<N> {
                 let mut out = vec![0u8; config.max_message.max(256)];
                 let now = io.now();
                 let mut worker = Worker::new(worker_config, &mut event_buf, now);
-                producer::run(&mut worker, queue, &mut io, &mut out, config.stop_grace.as_nanos() as u64)
+                producer::run(
+                    &mut worker,
+                    queue,
+                    &mut io,
+                    &mut out,
+                    config.stop_grace.as_nanos() as u64,
+                )
             })?;
         let worker = join.thread().clone();
         Ok(Producer {

@@ -30,8 +30,13 @@ impl UnixPortConnection {
     /// Connects to the port at `path` and performs the handshake: sends `hello`, waits at most
     /// `timeout` for the reply.
     pub fn connect(path: &Path, hello: &[u8], timeout: Duration) -> Result<Self, PortError> {
-        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-            .map_err(io_err("socket"))?;
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io_err("socket"))?;
         let addr = UnixAddr::new(path).map_err(io_err("socket path"))?;
         match socket::connect(fd.as_raw_fd(), &addr) {
             Ok(()) => {}
@@ -44,11 +49,12 @@ impl UnixPortConnection {
         }
         let timeout = timeout.max(Duration::from_millis(1));
         socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeval(timeout)).map_err(io_err("setsockopt"))?;
-        socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(SEND_TIMEOUT)).map_err(io_err("setsockopt"))?;
+        socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(SEND_TIMEOUT))
+            .map_err(io_err("setsockopt"))?;
         socket::send(fd.as_raw_fd(), hello, MsgFlags::MSG_NOSIGNAL).map_err(io_err("send"))?;
         let mut reply = [0u8; 256];
         let n = match socket::recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty()) {
-            Ok(0) => return Err(PortError::Closed),
+            Ok(0) | Err(nix::Error::ECONNRESET) => return Err(PortError::Closed),
             Ok(n) => n,
             Err(nix::Error::EAGAIN) => return Err(PortError::Timeout(timeout)),
             Err(e) => return Err(io_err("recv")(e)),

@@ -19,12 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lpcmon_protocol::PortMessage;
-use lpcmon_protocol::lpc;
+use lpcmon_protocol::message::{HELLO_REPLY_MAX_LEN, HelloReply, MIN_VERSION, VERSION};
 use lpcmon_protocol::server::{Action, ConnId};
-use nix::sys::socket::{
-    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
-};
+use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
+use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
 use super::timeval;
@@ -40,9 +38,10 @@ pub struct UnixPortConfig {
     /// The largest datagram accepted; longer ones are counted as malformed.
     pub max_message: usize,
     pub max_connections: usize,
-    /// Mode of the socket file. 0600 by default; tests widen it to let a foreign uid reach the
-    /// `SO_PEERCRED` check, which is the second line of defence.
+    /// Modes of the socket file and its directory: 0600 and 0700 by default. Tests widen them
+    /// to let a foreign uid reach the `SO_PEERCRED` check, which is the second line of defence.
     pub socket_mode: u32,
+    pub dir_mode: u32,
 }
 
 impl UnixPortConfig {
@@ -52,6 +51,7 @@ impl UnixPortConfig {
             max_message: 64 * 1024,
             max_connections: 64,
             socket_mode: 0o600,
+            dir_mode: 0o700,
         }
     }
 }
@@ -63,12 +63,17 @@ fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> PortError {
     }
 }
 
-/// Creates the socket's directory as 0700, or checks that an existing one is ours and closed to
-/// others, so no other user can replace the socket.
-fn prepare_dir(dir: &Path) -> Result<(), PortError> {
-    match fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
+/// Creates the socket's directory (0700 by default), or checks that an existing one is ours and
+/// sets its mode, so no other user can replace the socket.
+fn prepare_dir(dir: &Path, mode: u32) -> Result<(), PortError> {
+    match fs::DirBuilder::new().mode(mode).recursive(true).create(dir) {
         Ok(()) => {}
-        Err(source) => return Err(PortError::Io { call: "mkdir", source }),
+        Err(source) => {
+            return Err(PortError::Io {
+                call: "mkdir",
+                source,
+            });
+        }
     }
     let meta = fs::metadata(dir).map_err(|source| PortError::Io { call: "stat", source })?;
     if meta.uid() != Uid::effective().as_raw() {
@@ -76,13 +81,19 @@ fn prepare_dir(dir: &Path) -> Result<(), PortError> {
             call: "check socket directory",
             source: io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{} is owned by uid {}, not by this user", dir.display(), meta.uid()),
+                format!(
+                    "{} is owned by uid {}, not by this user",
+                    dir.display(),
+                    meta.uid()
+                ),
             ),
         });
     }
-    if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|source| PortError::Io { call: "chmod", source })?;
+    if meta.mode() & 0o7777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(|source| PortError::Io {
+            call: "chmod",
+            source,
+        })?;
     }
     Ok(())
 }
@@ -92,8 +103,13 @@ fn clear_stale_socket(path: &Path) -> Result<(), PortError> {
     if !path.exists() {
         return Ok(());
     }
-    let probe = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(io_err("socket"))?;
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io_err("socket"))?;
     let addr = UnixAddr::new(path).map_err(io_err("socket path"))?;
     if socket::connect(probe.as_raw_fd(), &addr).is_ok() {
         return Err(PortError::Io {
@@ -104,7 +120,10 @@ fn clear_stale_socket(path: &Path) -> Result<(), PortError> {
             ),
         });
     }
-    fs::remove_file(path).map_err(|source| PortError::Io { call: "unlink", source })
+    fs::remove_file(path).map_err(|source| PortError::Io {
+        call: "unlink",
+        source,
+    })
 }
 
 struct Shared {
@@ -127,15 +146,24 @@ pub struct UnixPortServer {
 impl UnixPortServer {
     pub fn start(config: UnixPortConfig, dispatcher: Arc<Dispatcher>) -> Result<Self, PortError> {
         if let Some(dir) = config.path.parent() {
-            prepare_dir(dir)?;
+            prepare_dir(dir, config.dir_mode)?;
         }
         clear_stale_socket(&config.path)?;
-        let listener = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-            .map_err(io_err("socket"))?;
+        let listener = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io_err("socket"))?;
         let addr = UnixAddr::new(&config.path).map_err(io_err("socket path"))?;
         socket::bind(listener.as_raw_fd(), &addr).map_err(io_err("bind"))?;
-        fs::set_permissions(&config.path, fs::Permissions::from_mode(config.socket_mode))
-            .map_err(|source| PortError::Io { call: "chmod", source })?;
+        fs::set_permissions(&config.path, fs::Permissions::from_mode(config.socket_mode)).map_err(
+            |source| PortError::Io {
+                call: "chmod",
+                source,
+            },
+        )?;
         socket::listen(&listener, Backlog::new(64).map_err(io_err("listen"))?).map_err(io_err("listen"))?;
         socket::setsockopt(&listener, sockopt::ReceiveTimeout, &timeval(POLL_INTERVAL))
             .map_err(io_err("setsockopt"))?;
@@ -155,7 +183,10 @@ impl UnixPortServer {
             std::thread::Builder::new()
                 .name("lpcmon-port-accept".into())
                 .spawn(move || accept_loop(&shared, &listener, &readers))
-                .map_err(|source| PortError::Io { call: "spawn", source })?
+                .map_err(|source| PortError::Io {
+                    call: "spawn",
+                    source,
+                })?
         };
         tracing::info!(path = %path.display(), "port listening (unix seqpacket)");
         Ok(UnixPortServer {
@@ -203,7 +234,13 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, readers: &Mutex<Vec<Joi
             continue;
         };
         if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
-            shared.dispatcher.refuse_peer(peer, "connection limit reached");
+            shared
+                .dispatcher
+                .refuse_peer(peer, RefuseReason::TooManyProducers, "connection limit reached");
+            let _ = send_all(
+                &conn,
+                &refusal(RefuseReason::TooManyProducers, "connection limit reached"),
+            );
             continue;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);
@@ -234,19 +271,40 @@ fn authorise(shared: &Shared, conn: &OwnedFd) -> Option<u64> {
     let creds = match socket::getsockopt(conn, sockopt::PeerCredentials) {
         Ok(c) => c,
         Err(e) => {
-            shared.dispatcher.refuse_peer(0, &format!("SO_PEERCRED failed: {e}"));
+            shared
+                .dispatcher
+                .refuse_peer(0, RefuseReason::Unauthorised, &format!("SO_PEERCRED failed: {e}"));
             return None;
         }
     };
     let pid = creds.pid().max(0) as u64;
     let ours = Uid::effective().as_raw();
     if creds.uid() != ours && creds.uid() != 0 {
+        let why = format!(
+            "peer uid {} is neither the server's ({ours}) nor root",
+            creds.uid()
+        );
         shared
             .dispatcher
-            .refuse_peer(pid, &format!("peer uid {} is neither the server's ({ours}) nor root", creds.uid()));
+            .refuse_peer(pid, RefuseReason::Unauthorised, &why);
+        // Tell the peer why, as a refusal it can log, before closing.
+        let _ = send_all(conn, &refusal(RefuseReason::Unauthorised, "uid not allowed"));
         return None;
     }
     Some(pid)
+}
+
+fn refusal(reason: RefuseReason, text: &str) -> Vec<u8> {
+    let mut buf = vec![0u8; HELLO_REPLY_MAX_LEN];
+    let reply = HelloReply::Refuse {
+        reason,
+        min_version: MIN_VERSION,
+        max_version: VERSION,
+        text,
+    };
+    let len = reply.encode(&mut buf).unwrap_or(0);
+    buf.truncate(len);
+    buf
 }
 
 fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {
@@ -276,7 +334,11 @@ fn serve_connection(shared: &Shared, id: ConnId, pid: u64, conn: OwnedFd) {
             }
         };
         let data = &buf[..n];
-        let kind = if established { lpc::DATAGRAM } else { lpc::CONNECTION_REQUEST };
+        let kind = if established {
+            lpc::DATAGRAM
+        } else {
+            lpc::CONNECTION_REQUEST
+        };
         let action = shared.dispatcher.handle(id, &header(shared, kind, n, pid), data);
         match action {
             Action::Accept { reply } => {
@@ -295,7 +357,9 @@ fn serve_connection(shared: &Shared, id: ConnId, pid: u64, conn: OwnedFd) {
         }
     }
     if established {
-        shared.dispatcher.handle(id, &header(shared, closing_kind, 0, pid), &[]);
+        shared
+            .dispatcher
+            .handle(id, &header(shared, closing_kind, 0, pid), &[]);
     }
 }
 

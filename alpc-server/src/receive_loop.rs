@@ -1,0 +1,264 @@
+//! The receive loop the Windows port servers share, kept free of Windows types so it runs
+//! (against a scripted port) in the Linux tests.
+//!
+//! ALPC and legacy LPC differ only in their system calls, so each implements [`PortOps`] and
+//! this loop does the rest: it classifies every receive status and message with the pure
+//! functions in [`crate::decide`], hands messages to the [`Dispatcher`], and carries out what
+//! comes back, in a fixed order: answer a connection, reply, release, close.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lpcmon_protocol::PortMessage;
+use lpcmon_protocol::RefuseReason;
+use lpcmon_protocol::server::ConnId;
+use tracing::{debug, info, warn};
+
+use crate::client::PortError;
+use crate::decide::{
+    AfterDispatch, ConnectAnswer, Connection, ConnectionTable, LoopStep, MessagePlan, PeerPolicy,
+    after_dispatch, nt_error, on_message, on_receive_status, status_name, synthetic_close,
+};
+use crate::dispatch::Dispatcher;
+
+/// How long one receive waits. It bounds how late a stop is noticed and how late the
+/// dispatcher's timers run when no message arrives.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The dispatcher wants `tick` at least every 200 ms; ticking on this interval keeps that
+/// even when messages arrive back to back.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Pause after a transient receive failure (out of memory or quota), so a starved system is
+/// not spun on.
+const RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// The system calls of one kind of port server.
+pub trait PortOps {
+    /// Our end of one accepted connection (a communication port handle).
+    type Handle;
+    /// Where a received message lands: a `PORT_MESSAGE` and its data.
+    type Buffer: AsRef<[u8]>;
+
+    /// The receive call's name, for errors.
+    const RECEIVE_CALL: &'static str;
+
+    /// A buffer big enough for any message this port can deliver.
+    fn receive_buffer(&self) -> Self::Buffer;
+
+    /// Waits up to `timeout` for a message. Returns the NTSTATUS and the PortContext of the
+    /// connection it came from (0 for the connection port itself).
+    fn receive(&mut self, buffer: &mut Self::Buffer, timeout: Duration) -> (u32, usize);
+
+    /// Answers a connection request with `reply` as its connection information. `accept` is
+    /// the PortContext to give an accepted connection, or `None` to refuse. Returns our end of
+    /// an accepted connection.
+    fn answer(
+        &mut self,
+        request: &PortMessage,
+        reply: &[u8],
+        accept: Option<NonZeroUsize>,
+    ) -> Result<Option<Self::Handle>, PortError>;
+
+    /// Replies to a request. `connection` is our end of the sender's connection, if known.
+    fn reply(&mut self, request: &PortMessage, connection: Option<&Self::Handle>) -> Result<(), PortError>;
+
+    /// Releases the message in `buffer`, which the kernel kept for us.
+    fn release(&mut self, buffer: &Self::Buffer) -> Result<(), PortError>;
+
+    /// Ends a connection and closes our end of it.
+    fn disconnect(&mut self, connection: Self::Handle);
+}
+
+/// Runs the receive loop until `stop` is set or the port fails, then closes every connection
+/// (telling the dispatcher) and returns why it ended.
+pub fn run<P: PortOps>(
+    port: P,
+    dispatcher: Arc<Dispatcher>,
+    policy: PeerPolicy,
+    stop: Arc<AtomicBool>,
+) -> Result<(), PortError> {
+    let mut buffer = port.receive_buffer();
+    let mut receiver = Receiver {
+        port,
+        dispatcher,
+        connections: ConnectionTable::default(),
+        policy,
+    };
+    let mut last_tick = Instant::now();
+    let mut retries = 0u32;
+    let result = loop {
+        if stop.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        if last_tick.elapsed() >= TICK_INTERVAL {
+            receiver.dispatcher.tick();
+            last_tick = Instant::now();
+        }
+        let (code, context) = receiver.port.receive(&mut buffer, RECEIVE_TIMEOUT);
+        match on_receive_status(code, retries) {
+            LoopStep::Dispatch => {
+                retries = 0;
+                receiver.handle_message(&buffer, context);
+            }
+            LoopStep::Idle => retries = 0,
+            LoopStep::Retry => {
+                retries += 1;
+                warn!(
+                    call = P::RECEIVE_CALL,
+                    status = format_args!("{code:#010X}"),
+                    name = status_name(code),
+                    retries,
+                    "port receive is short of resources; retrying"
+                );
+                std::thread::sleep(RETRY_DELAY);
+            }
+            LoopStep::Fatal => break Err(nt_error(P::RECEIVE_CALL, code)),
+        }
+    };
+    receiver.close_all();
+    result
+}
+
+/// The loop's state between messages.
+struct Receiver<P: PortOps> {
+    port: P,
+    dispatcher: Arc<Dispatcher>,
+    connections: ConnectionTable<P::Handle>,
+    policy: PeerPolicy,
+}
+
+impl<P: PortOps> Receiver<P> {
+    /// Handles one received message.
+    fn handle_message(&mut self, buffer: &P::Buffer, context: usize) {
+        let (header, data) = match PortMessage::parse(buffer.as_ref()) {
+            Ok(message) => message,
+            Err(error) => {
+                // The kernel wrote this header, so this means a buffer or layout bug, not a bad
+                // producer; there is no connection to blame or answer.
+                warn!(%error, "received a port message whose lengths do not add up; ignored");
+                return;
+            }
+        };
+        let plan = on_message(&header, self.policy);
+        let (conn, action) = match plan {
+            MessagePlan::Connect(peer) => {
+                let conn = self.dispatcher.next_conn_id();
+                debug!(
+                    conn,
+                    ?peer,
+                    client_pid = header.client_process,
+                    "connection request"
+                );
+                (Some(conn), Some(self.dispatcher.handle(conn, &header, data)))
+            }
+            MessagePlan::RefusePeer { client_pid, why } => {
+                self.dispatcher
+                    .refuse_peer(client_pid, RefuseReason::Unauthorised, why);
+                (None, None)
+            }
+            _ => match self.connections.get(context) {
+                Some(connection) => (
+                    Some(connection.conn),
+                    Some(self.dispatcher.handle(connection.conn, &header, data)),
+                ),
+                None => {
+                    // A message still queued from a connection already closed here: nothing to
+                    // dispatch it to, but a waiting sender still gets its reply.
+                    debug!(
+                        context,
+                        kind = header.kind(),
+                        client_pid = header.client_process,
+                        "message for a connection that is no longer open"
+                    );
+                    (None, None)
+                }
+            },
+        };
+        let after = after_dispatch(&plan, &header, action);
+        self.carry_out(&header, buffer, context, conn, after);
+    }
+
+    /// Performs the port operations `after` asks for, in order.
+    fn carry_out(
+        &mut self,
+        header: &PortMessage,
+        buffer: &P::Buffer,
+        context: usize,
+        conn: Option<ConnId>,
+        after: AfterDispatch,
+    ) {
+        if let Some(answer) = after.connect {
+            self.answer(header, conn, answer);
+        }
+        if after.reply.is_some() {
+            let connection = self.connections.get(context).map(|c| &c.handle);
+            if let Err(error) = self.port.reply(header, connection) {
+                // Usually the sender died while we worked; its close message follows.
+                debug!(%error, message_id = header.message_id, "reply not delivered");
+            }
+        }
+        if after.release
+            && let Err(error) = self.port.release(buffer)
+        {
+            warn!(%error, message_id = header.message_id, "releasing a port message failed");
+        }
+        if after.close
+            && let Some(connection) = self.connections.remove(context)
+        {
+            debug!(conn = connection.conn, "closing connection");
+            self.port.disconnect(connection.handle);
+        }
+    }
+
+    /// Accepts or refuses a connection request and records an accepted connection.
+    fn answer(&mut self, header: &PortMessage, conn: Option<ConnId>, answer: ConnectAnswer) {
+        let (reply, key) = match &answer {
+            ConnectAnswer::Accept(reply) => (reply, Some(self.connections.allocate_key())),
+            ConnectAnswer::Refuse(reply) => (reply, None),
+        };
+        let outcome = self.port.answer(header, reply, key);
+        match (outcome, key.zip(conn)) {
+            (Ok(Some(handle)), Some((key, conn))) => {
+                info!(conn, client_pid = header.client_process, "producer connected");
+                self.connections.insert(
+                    key,
+                    Connection {
+                        conn,
+                        client_process: header.client_process,
+                        client_thread: header.client_thread,
+                        handle,
+                    },
+                );
+            }
+            (Ok(_), None) => info!(client_pid = header.client_process, "connection refused"),
+            (Err(error), None) => {
+                warn!(%error, client_pid = header.client_process, "refusing a connection failed");
+            }
+            (outcome, Some((_, conn))) => {
+                let error = outcome.err().map(|e| e.to_string());
+                warn!(
+                    conn,
+                    error = error.as_deref().unwrap_or("no communication port returned"),
+                    client_pid = header.client_process,
+                    "accepting a connection failed"
+                );
+                // The dispatcher already opened a session for it; end that the way a peer's
+                // close would.
+                let close = synthetic_close(header.client_process, header.client_thread);
+                self.dispatcher.handle(conn, &close, &[]);
+            }
+        }
+    }
+
+    /// Ends every connection at shutdown: the dispatcher sees the close a peer would send.
+    fn close_all(&mut self) {
+        for connection in self.connections.drain() {
+            let header = synthetic_close(connection.client_process, connection.client_thread);
+            self.dispatcher.handle(connection.conn, &header, &[]);
+            self.port.disconnect(connection.handle);
+        }
+    }
+}

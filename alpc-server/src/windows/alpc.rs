@@ -1,0 +1,207 @@
+//! The ALPC port server (the default): `NtAlpcCreatePort` with `ALLOW_LPC_REQUESTS`, so the
+//! driver's legacy `ZwConnectPort` reaches it too, and a receive loop on
+//! `NtAlpcSendWaitReceivePort` with a timeout.
+//!
+//! Each accepted connection's PortContext is its key in the loop's connection table; the
+//! kernel hands it back with every message through the context message attribute.
+
+use std::num::NonZeroUsize;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::ptr::{null, null_mut};
+use std::time::Duration;
+
+use lpcmon_protocol::PortMessage;
+use tracing::debug;
+
+use super::ffi::{
+    ALPC_MSGFLG_RELEASE_MESSAGE, ALPC_MSGFLG_REPLY_MESSAGE, ALPC_PORFLG_ALLOW_LPC_REQUESTS,
+    AlpcPortAttributes, ConnectionMessage, ContextAttributes, MAX_POOL_USAGE, MessageBuffer,
+    NtAlpcAcceptConnectPortFn, NtAlpcDisconnectPortFn, NtAlpcSendWaitReceivePortFn, NtName, Ntdll,
+    ObjectAttributes, check, relative_timeout,
+};
+use super::security::SecurityDescriptor;
+use crate::client::PortError;
+use crate::decide::{connect_answer_header, nt_error, reply_header, status};
+use crate::receive_loop::PortOps;
+
+/// The largest total message ALPC allows on this system.
+pub fn max_total_message(api: &Ntdll) -> Result<usize, PortError> {
+    let max_allowed = api.AlpcMaxAllowedMessageLength()?;
+    // SAFETY: AlpcMaxAllowedMessageLength takes no arguments and only returns a constant.
+    let len = unsafe { max_allowed() } as usize;
+    Ok(len.min(usize::from(u16::MAX)))
+}
+
+/// A created ALPC connection port and the functions its loop calls.
+pub struct AlpcPort {
+    port: OwnedHandle,
+    attributes: AlpcPortAttributes,
+    context: ContextAttributes,
+    send_wait_receive: NtAlpcSendWaitReceivePortFn,
+    accept: NtAlpcAcceptConnectPortFn,
+    disconnect: NtAlpcDisconnectPortFn,
+}
+
+impl AlpcPort {
+    /// Creates the port. Every function the loop needs is resolved first, so a system that
+    /// lacks one fails here, naming it, rather than in the middle of a connection.
+    pub fn create(api: &Ntdll, name: &str, security: &SecurityDescriptor) -> Result<Self, PortError> {
+        let create = api.NtAlpcCreatePort()?;
+        let max_total = max_total_message(api)?;
+        let send_wait_receive = api.NtAlpcSendWaitReceivePort()?;
+        let accept = api.NtAlpcAcceptConnectPort()?;
+        let disconnect = api.NtAlpcDisconnectPort()?;
+        let context = ContextAttributes::new(api)?;
+
+        let name = NtName::new(name)?;
+        let unicode = name.unicode_string();
+        let object_attributes = ObjectAttributes::new(&unicode, security.as_ptr());
+        let attributes = AlpcPortAttributes::new(ALPC_PORFLG_ALLOW_LPC_REQUESTS, max_total, MAX_POOL_USAGE);
+        let mut handle = null_mut();
+        // SAFETY: every pointer refers to a live, initialised local of the declared layout;
+        // the kernel copies the name, the descriptor and the attributes during the call.
+        let code = unsafe { create(&mut handle, &object_attributes, &attributes) };
+        check("NtAlpcCreatePort", code)?;
+        if handle.is_null() {
+            return Err(nt_error("NtAlpcCreatePort", status::INVALID_HANDLE));
+        }
+        // SAFETY: the call succeeded, so `handle` is a new port handle that nothing else owns.
+        let port = unsafe { OwnedHandle::from_raw_handle(handle) };
+        debug!(max_total, "ALPC port created");
+        Ok(AlpcPort {
+            port,
+            attributes,
+            context,
+            send_wait_receive,
+            accept,
+            disconnect,
+        })
+    }
+
+    /// The largest data one message may carry on this port.
+    pub fn max_data(&self) -> usize {
+        self.attributes.max_message_length - lpcmon_protocol::port_message::PORT_MESSAGE_SIZE
+    }
+
+    /// Sends `message` on the connection port with `flags` and receives nothing.
+    fn send(&self, call: &'static str, flags: u32, message: *const PortMessage) -> Result<(), PortError> {
+        // SAFETY: `message` points at a whole message (header and the data its TotalLength
+        // covers) that the caller keeps alive for the call; no receive buffer is passed.
+        let code = unsafe {
+            (self.send_wait_receive)(
+                self.port.as_raw_handle(),
+                flags,
+                message,
+                null_mut(),
+                null_mut(),
+                null_mut(),
+                null_mut(),
+                null(),
+            )
+        };
+        check(call, code)
+    }
+}
+
+impl PortOps for AlpcPort {
+    type Handle = OwnedHandle;
+    type Buffer = MessageBuffer;
+
+    const RECEIVE_CALL: &'static str = "NtAlpcSendWaitReceivePort";
+
+    fn receive_buffer(&self) -> MessageBuffer {
+        MessageBuffer::new(self.attributes.max_message_length)
+    }
+
+    fn receive(&mut self, buffer: &mut MessageBuffer, timeout: Duration) -> (u32, usize) {
+        let mut length = buffer.capacity();
+        let timeout = relative_timeout(timeout);
+        let attributes = self.context.as_mut_ptr();
+        // SAFETY: the buffer is 8-aligned and `length` bytes long; `length`, the attribute
+        // buffer (sized by AlpcGetHeaderSize) and `timeout` are live for the call.
+        let code = unsafe {
+            (self.send_wait_receive)(
+                self.port.as_raw_handle(),
+                0,
+                null(),
+                null_mut(),
+                buffer.as_mut_ptr(),
+                &mut length,
+                attributes,
+                &timeout,
+            )
+        } as u32;
+        let context = if code == status::SUCCESS {
+            self.context.port_context()
+        } else {
+            0
+        };
+        (code, context)
+    }
+
+    fn answer(
+        &mut self,
+        request: &PortMessage,
+        reply: &[u8],
+        accept: Option<NonZeroUsize>,
+    ) -> Result<Option<OwnedHandle>, PortError> {
+        let answer = ConnectionMessage::new(connect_answer_header(request, reply.len()), reply);
+        let mut handle = null_mut();
+        let context = accept.map_or(null_mut(), |key| std::ptr::without_provenance_mut(key.get()));
+        // SAFETY: the answer message, the port attributes and the out handle are live locals
+        // of the declared layouts. The PortContext is an opaque integer the kernel only stores
+        // and hands back; it is never dereferenced.
+        let code = unsafe {
+            (self.accept)(
+                &mut handle,
+                self.port.as_raw_handle(),
+                0,
+                null(),
+                &self.attributes,
+                context,
+                &answer.header,
+                null_mut(),
+                u8::from(accept.is_some()),
+            )
+        };
+        check("NtAlpcAcceptConnectPort", code)?;
+        if handle.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: the call succeeded and returned a new communication port handle we own.
+        let handle = unsafe { OwnedHandle::from_raw_handle(handle) };
+        Ok(accept.map(|_| handle))
+    }
+
+    fn reply(&mut self, request: &PortMessage, _connection: Option<&OwnedHandle>) -> Result<(), PortError> {
+        // ALPC replies go through the connection port; the MessageId names the request.
+        let reply = reply_header(request);
+        self.send(
+            "NtAlpcSendWaitReceivePort(reply)",
+            ALPC_MSGFLG_REPLY_MESSAGE,
+            &reply,
+        )
+    }
+
+    fn release(&mut self, buffer: &MessageBuffer) -> Result<(), PortError> {
+        // The message as received, still intact in the buffer, names what to release.
+        self.send(
+            "NtAlpcSendWaitReceivePort(release)",
+            ALPC_MSGFLG_RELEASE_MESSAGE,
+            buffer.as_ptr(),
+        )
+    }
+
+    fn disconnect(&mut self, connection: OwnedHandle) {
+        // SAFETY: `connection` is a communication port handle we own and close right after.
+        let code = unsafe { (self.disconnect)(connection.as_raw_handle(), 0) };
+        if code < 0 {
+            // The peer usually disconnected first; closing the handle is what matters.
+            debug!(
+                status = format_args!("{:#010X}", code as u32),
+                "NtAlpcDisconnectPort"
+            );
+        }
+        drop(connection);
+    }
+}

@@ -1,0 +1,299 @@
+//! The proc-connector sensor against the real kernel. Needs root (or CAP_NET_ADMIN); without
+//! it each test says so and passes without checking anything.
+#![cfg(target_os = "linux")]
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lpcmon_protocol::event::{Event, flags, patch_seq};
+use lpcmon_protocol::{EventKind, FieldType, Message};
+use lpcmon_sensor::proc_connector::{ConnectorConfig, ProcConnector, Recv};
+use lpcmon_sensor::proc_event::ProcMessage;
+use lpcmon_sensor::{ProcConnectorSource, SensorEvent, SourceConfig, SourceItem, encode_event, is_permitted};
+
+fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipping {test}: the proc connector needs root or CAP_NET_ADMIN");
+    false
+}
+
+fn spawn_true() -> Child {
+    Command::new("/bin/true").spawn().expect("spawn /bin/true")
+}
+
+fn decode(ev: &SensorEvent) -> Event {
+    let mut buf = [0u8; 4096];
+    let len = encode_event(ev, &mut buf, 1024).unwrap();
+    patch_seq(&mut buf[..len], 1).unwrap();
+    match Message::decode(&buf[..len], usize::MAX).unwrap() {
+        Message::Event(view) => Event::from(&view),
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+#[test]
+fn root_is_permitted() {
+    if privileged("root_is_permitted") {
+        assert!(is_permitted());
+    }
+}
+
+#[test]
+fn a_short_process_is_seen_starting_executing_and_exiting() {
+    if !privileged("a_short_process_is_seen_starting_executing_and_exiting") {
+        return;
+    }
+    let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
+    let mut child = spawn_true();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+
+    let (mut start, mut exec, mut exit) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && (start.is_none() || exec.is_none() || exit.is_none()) {
+        let Some(SourceItem::Event(ev)) = source.next_item().unwrap() else {
+            continue;
+        };
+        if ev.pid != pid {
+            continue;
+        }
+        match ev.kind {
+            EventKind::ProcessStart => start = Some(ev),
+            EventKind::ProcessExec => exec = Some(ev),
+            EventKind::ProcessExit => exit = Some(ev),
+            _ => {}
+        }
+    }
+    let start = start.expect("no process.start for the child");
+    assert_eq!(start.ppid, std::process::id());
+    assert_eq!(start.tid, pid);
+
+    let exec = decode(&exec.expect("no process.exec for the child"));
+    assert_eq!(exec.header.pid, pid);
+    assert_eq!(
+        exec.header.ppid,
+        std::process::id(),
+        "the parent comes from the fork"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(now - exec.header.time_ns < 10_000_000_000, "time is UTC, recent");
+    match exec.text(FieldType::EXECUTABLE) {
+        Some(exe) => assert!(exe.ends_with("/true"), "{exe}"),
+        None => assert_ne!(
+            exec.header.flags & flags::ENRICH_FAILED,
+            0,
+            "no exe and not flagged"
+        ),
+    }
+
+    let exit = exit.expect("no process.exit for the child");
+    assert_eq!(exit.exit_code, Some(0));
+    assert_eq!(exit.ppid, std::process::id());
+}
+
+#[test]
+fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
+    if !privileged("a_fork_storm_is_seen_whole_or_its_loss_is_reported") {
+        return;
+    }
+    const CHILDREN: usize = 500;
+    let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
+    let seen = Arc::new(Mutex::new((HashSet::new(), HashSet::new())));
+    let lossy = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (seen, lossy, stop) = (seen.clone(), lossy.clone(), stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match source.next_item().unwrap() {
+                    Some(SourceItem::Event(ev)) => {
+                        let mut seen = seen.lock().unwrap();
+                        match ev.kind {
+                            EventKind::ProcessStart => seen.0.insert(ev.pid),
+                            EventKind::ProcessExec => seen.1.insert(ev.pid),
+                            _ => false,
+                        };
+                    }
+                    Some(SourceItem::Overrun | SourceItem::Lost { .. }) => {
+                        lossy.store(true, Ordering::Relaxed)
+                    }
+                    None => {}
+                }
+            }
+            source.stats()
+        })
+    };
+
+    let mut pids = Vec::with_capacity(CHILDREN);
+    for _ in 0..CHILDREN / 50 {
+        let batch: Vec<Child> = (0..50).map(|_| spawn_true()).collect();
+        for mut child in batch {
+            pids.push(child.id());
+            child.wait().unwrap();
+        }
+    }
+
+    let all_seen = || {
+        let seen = seen.lock().unwrap();
+        pids.iter().all(|p| seen.0.contains(p) && seen.1.contains(p))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !all_seen() && !lossy.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let stats = reader.join().unwrap();
+    let seen = seen.lock().unwrap();
+    let missing: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !(seen.0.contains(p) && seen.1.contains(p)))
+        .collect();
+    eprintln!(
+        "fork storm: {} children, {} not seen, {stats:?}",
+        pids.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty() || stats.connector.overruns > 0 || stats.connector.lost_messages > 0,
+        "children missed silently: {missing:?}"
+    );
+    assert_eq!(stats.connector.malformed, 0);
+}
+
+#[test]
+fn an_overflowing_buffer_is_reported_with_an_exact_count() {
+    if !privileged("an_overflowing_buffer_is_reported_with_an_exact_count") {
+        return;
+    }
+    let config = SourceConfig {
+        connector: ConnectorConfig {
+            recv_buffer_bytes: 4096,
+            ..ConnectorConfig::default()
+        },
+        ..SourceConfig::default()
+    };
+    let mut source = ProcConnectorSource::open(config).unwrap();
+    // Nobody reads while 200 processes come and go: a few kilobytes hold a handful of messages.
+    for _ in 0..200 {
+        spawn_true().wait().unwrap();
+    }
+    let (mut overruns, mut lost, mut events) = (0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && (overruns == 0 || lost == 0) {
+        match source.next_item().unwrap() {
+            Some(SourceItem::Overrun) => overruns += 1,
+            Some(SourceItem::Lost { messages }) => lost += messages,
+            Some(SourceItem::Event(_)) => events += 1,
+            // The gap shows when a CPU that dropped messages sends again: make it send.
+            None => drop(spawn_true().wait()),
+        }
+    }
+    let stats = source.stats();
+    eprintln!("overflow: {overruns} overruns, {lost} lost, {events} events, {stats:?}");
+    assert!(overruns > 0, "ENOBUFS was not reported");
+    assert!(lost > 0, "the lost messages were not counted");
+    assert_eq!(stats.connector.lost_messages, lost);
+}
+
+/// Reads until the socket stays quiet for one receive timeout, `done` holds, or `limit`
+/// passes (a busy machine may never be quiet). Returns the messages, lost count and overruns.
+fn drain(
+    conn: &mut ProcConnector,
+    limit: Duration,
+    done: impl Fn(&[ProcMessage]) -> bool,
+) -> (Vec<ProcMessage>, u64, u64) {
+    let (mut msgs, mut lost, mut overruns) = (Vec::new(), 0, 0);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !done(&msgs) {
+        match conn.recv(&mut msgs).unwrap() {
+            Recv::Messages { lost: l, .. } => lost += l,
+            Recv::Overrun => overruns += 1,
+            Recv::Timeout => break,
+        }
+    }
+    (msgs, lost, overruns)
+}
+
+#[test]
+fn kernel_loss_counts_are_exact() {
+    if !privileged("kernel_loss_counts_are_exact") {
+        return;
+    }
+    // A large-buffer socket sees every message; a tiny one drops most. The tiny one's count of
+    // lost messages must equal the messages the large one saw within the tiny one's sequence
+    // ranges that the tiny one did not.
+    let mut whole = ProcConnector::open(&ConnectorConfig::default()).unwrap();
+    let mut tiny = ProcConnector::open(&ConnectorConfig {
+        recv_buffer_bytes: 4096,
+        ..ConnectorConfig::default()
+    })
+    .unwrap();
+    for _ in 0..150 {
+        spawn_true().wait().unwrap();
+    }
+    let quick = Duration::from_millis(300);
+    let (mut tiny_msgs, mut tiny_lost, mut tiny_overruns) = drain(&mut tiny, quick, |_| false);
+    // A gap shows when a CPU that dropped messages sends again: a few more processes, each
+    // read before the next, make every CPU send something the tiny socket has room for.
+    for _ in 0..10 {
+        spawn_true().wait().unwrap();
+        let (msgs, lost, overruns) = drain(&mut tiny, quick, |_| false);
+        tiny_msgs.extend(msgs);
+        tiny_lost += lost;
+        tiny_overruns += overruns;
+    }
+    assert!(
+        tiny_overruns > 0 && tiny_lost > 0,
+        "the tiny socket did not overflow"
+    );
+
+    let mut ranges: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    let mut tiny_seen = HashSet::new();
+    for m in &tiny_msgs {
+        let r = ranges.entry(m.cpu).or_insert((m.seq, m.seq));
+        r.0 = r.0.min(m.seq);
+        r.1 = r.1.max(m.seq);
+        tiny_seen.insert((m.cpu, m.seq));
+    }
+    // Every message the tiny socket got was queued to the large one too: read that far.
+    let covered = |msgs: &[ProcMessage]| {
+        ranges
+            .iter()
+            .all(|(cpu, &(_, hi))| msgs.iter().any(|m| m.cpu == *cpu && m.seq >= hi))
+    };
+    let (whole_msgs, whole_lost, whole_overruns) = drain(&mut whole, Duration::from_secs(10), covered);
+    assert_eq!(
+        (whole_lost, whole_overruns),
+        (0, 0),
+        "the reference socket lost messages"
+    );
+    assert!(
+        covered(&whole_msgs),
+        "the reference socket did not see the tiny one's range"
+    );
+
+    let missed = whole_msgs
+        .iter()
+        .filter(|m| {
+            ranges
+                .get(&m.cpu)
+                .is_some_and(|&(lo, hi)| (lo..=hi).contains(&m.seq))
+        })
+        .filter(|m| !tiny_seen.contains(&(m.cpu, m.seq)))
+        .count() as u64;
+    eprintln!(
+        "tiny socket: {} seen, {tiny_lost} counted lost, {missed} actually missed",
+        tiny_msgs.len()
+    );
+    assert_eq!(tiny_lost, missed);
+}

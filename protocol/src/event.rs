@@ -13,7 +13,7 @@
 
 use crate::cursor::{Reader, Writer, utf8_prefix};
 use crate::error::{DecodeError, EncodeError};
-use crate::message::{COMMON_HEADER_LEN, MessageType, VERSION, write_common};
+use crate::message::{COMMON_HEADER_LEN, MAX_SEQ, MessageType, VERSION, write_common};
 
 /// What happened. The names are the JSON `kind` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,16 +200,17 @@ impl<'a> EventWriter<'a> {
 
     /// Room for a string of `len` bytes: its full length, or a truncated prefix.
     fn string_room(&mut self, len: usize) -> Option<usize> {
-        let fits = self.w.remaining().saturating_sub(FIELD_HEADER_LEN);
-        if len <= self.string_cap && len <= fits {
+        let whole = usize::from(self.fields) < MAX_FIELDS
+            && len <= self.string_cap
+            && FIELD_HEADER_LEN + len <= self.w.remaining();
+        if whole {
             return Some(len);
         }
         // Truncated: the original length takes 4 bytes.
-        let room = self.string_cap.min(fits.saturating_sub(4));
         if !self.has_room_for_field(4) {
             return None;
         }
-        Some(room)
+        Some(self.string_cap.min(self.w.remaining() - FIELD_HEADER_LEN - 4))
     }
 
     fn string_field(
@@ -379,8 +380,8 @@ impl<'a> EventView<'a> {
             tid: r.u32()?,
         };
         let _reserved = r.u32()?;
-        if seq == 0 {
-            return Err(DecodeError::InvalidValue("event seq 0"));
+        if seq == 0 || seq > MAX_SEQ {
+            return Err(DecodeError::InvalidValue("event seq out of range"));
         }
         if usize::from(field_count) > MAX_FIELDS {
             return Err(DecodeError::FieldTooLong {

@@ -15,6 +15,9 @@ pub const VERSION: u8 = 1;
 pub const MIN_VERSION: u8 = 1;
 /// Bytes of the common header.
 pub const COMMON_HEADER_LEN: usize = 8;
+/// The largest sequence number on the wire. Decoders refuse more, so the server's `seq + 1`
+/// arithmetic cannot overflow; a producer would need 2^63 events to reach it.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// The message type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +140,8 @@ impl<'a> Hello<'a> {
         if hello.min_version > hello.max_version {
             return Err(DecodeError::InvalidValue("hello version range is empty"));
         }
-        if hello.next_seq == 0 {
-            return Err(DecodeError::InvalidValue("hello next_seq is 0"));
+        if hello.next_seq == 0 || hello.next_seq > MAX_SEQ {
+            return Err(DecodeError::InvalidValue("hello next_seq out of range"));
         }
         Ok(hello)
     }
@@ -350,10 +353,15 @@ impl Loss {
             last_seq: r.u64()?,
             total: r.u64()?,
         };
-        if loss.count == 0 || loss.first_seq > loss.last_seq || loss.total < loss.count {
+        if loss.count == 0
+            || loss.first_seq > loss.last_seq
+            || loss.last_seq > MAX_SEQ
+            || loss.total < loss.count
+        {
             return Err(DecodeError::InvalidValue("loss range"));
         }
-        if loss.stage == LossStage::ProducerSend && loss.last_seq - loss.first_seq + 1 != loss.count {
+        // `count - 1`, not `last - first + 1`: the latter overflows for 0..=u64::MAX.
+        if loss.stage == LossStage::ProducerSend && loss.last_seq - loss.first_seq != loss.count - 1 {
             return Err(DecodeError::InvalidValue(
                 "send loss count differs from its range",
             ));
@@ -387,12 +395,16 @@ impl Heartbeat {
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Heartbeat {
+        let heartbeat = Heartbeat {
             produced: r.u64()?,
             queue_drops_reported: r.u64()?,
             send_failed: r.u64()?,
             last_seq: r.u64()?,
-        })
+        };
+        if heartbeat.last_seq > MAX_SEQ {
+            return Err(DecodeError::InvalidValue("heartbeat last_seq out of range"));
+        }
+        Ok(heartbeat)
     }
 }
 
@@ -430,6 +442,9 @@ impl<'a> Fragment<'a> {
             total_len: r.u32()?,
             bytes: r.rest(),
         };
+        if frag.event_seq == 0 || frag.event_seq > MAX_SEQ {
+            return Err(DecodeError::InvalidValue("fragment seq out of range"));
+        }
         if frag.count < 2 || frag.index >= frag.count {
             return Err(DecodeError::InvalidValue("fragment index/count"));
         }

@@ -57,7 +57,10 @@ impl<const N: usize> EventSlot<N> {
     }
 
     /// Lets an encoder that writes a whole event (and returns its length) fill this slot.
-    pub fn write_with(&mut self, encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>) -> Result<(), EncodeError> {
+    pub fn write_with(
+        &mut self,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>,
+    ) -> Result<(), EncodeError> {
         self.len = 0;
         self.len = encode(&mut self.bytes)?.min(N);
         Ok(())
@@ -236,7 +239,10 @@ impl<'a> Worker<'a> {
             State::Disconnected { .. } if self.stop_deadline.is_some() && self.nothing_left(queue) => {
                 self.finish(queue)
             }
-            State::Disconnected { retry_at } if now < retry_at => Step::Wait { until: retry_at },
+            // A stop's deadline cuts the backoff short, so the worker is back in time to stop.
+            State::Disconnected { retry_at } if now < retry_at => Step::Wait {
+                until: self.stop_deadline.map_or(retry_at, |d| d.min(retry_at)),
+            },
             State::Disconnected { .. } => self.connect_step(out),
             State::Connected { limit } => self.connected_step(now, limit, queue, out),
         }

@@ -65,9 +65,11 @@ const NO_DROP: u64 = u64::MAX;
 
 impl<'a, T> Queue<'a, T> {
     /// Builds a queue over slots created with `Slot::new(i, _)` for `i` in `0..len`.
-    /// Returns `None` unless the length is a power of two and the stamps are fresh.
+    /// Returns `None` unless the length is a power of two of at least 2 and the stamps are
+    /// fresh. (With one slot, "holds the item pushed at p" and "free for the push at p + 1"
+    /// would be the same stamp, and a push would overwrite an unread item.)
     pub fn new(slots: &'a [Slot<T>]) -> Option<Self> {
-        if !slots.len().is_power_of_two() {
+        if slots.len() < 2 || !slots.len().is_power_of_two() {
             return None;
         }
         let fresh = slots

@@ -171,12 +171,13 @@ impl<T> SequenceTracker<T> {
 
     /// The numbers `first..=last` are known lost at `stage` (the producer's report, or a failed
     /// reassembly). Any part already resolved is ignored; the rest is resolved now or in order.
+    /// Like events, reported ranges held beyond `next` count against `max_pending`.
     pub(crate) fn on_lost_range(
         &mut self,
         now: u64,
         stage: LossStage,
-        first: u64,
-        last: u64,
+        (first, last): (u64, u64),
+        max_pending: usize,
         out: &mut impl Extend<Delivery<T>>,
     ) -> u64 {
         let first = first.max(self.next);
@@ -220,6 +221,9 @@ impl<T> SequenceTracker<T> {
         }
         self.high_water = self.high_water.max(last);
         self.drain(out);
+        while self.pending.len() > max_pending {
+            self.skip_gap(out);
+        }
         self.note_gap(now);
         accepted
     }
@@ -354,12 +358,18 @@ mod tests {
         let mut out = Vec::new();
         t.on_event(0, 1, 1, 8, &mut out);
         t.on_resume(1, 6);
-        assert_eq!(t.on_lost_range(2, LossStage::ProducerSend, 2, 5, &mut out), 4);
+        assert_eq!(
+            t.on_lost_range(2, LossStage::ProducerSend, (2, 5), 8, &mut out),
+            4
+        );
         t.on_event(3, 6, 6, 8, &mut out);
         assert_eq!(lost(&out), [(LossStage::ProducerSend, 2, 5)]);
         assert_eq!(events(&out), [1, 6]);
         // Reporting the same range again accepts nothing.
-        assert_eq!(t.on_lost_range(4, LossStage::ProducerSend, 2, 5, &mut out), 0);
+        assert_eq!(
+            t.on_lost_range(4, LossStage::ProducerSend, (2, 5), 8, &mut out),
+            0
+        );
     }
 
     #[test]
@@ -368,7 +378,10 @@ mod tests {
         let mut out = Vec::new();
         t.on_event(0, 3, 3, 8, &mut out);
         t.on_event(0, 5, 5, 8, &mut out);
-        assert_eq!(t.on_lost_range(0, LossStage::ProducerSend, 1, 6, &mut out), 4);
+        assert_eq!(
+            t.on_lost_range(0, LossStage::ProducerSend, (1, 6), 8, &mut out),
+            4
+        );
         assert_eq!(events(&out), [3, 5]);
         assert_eq!(
             lost(&out),

@@ -475,8 +475,8 @@ impl Server {
                                 inst.tracker.on_lost_range(
                                     now,
                                     LossStage::Reassembly,
-                                    frag.event_seq,
-                                    frag.event_seq,
+                                    (frag.event_seq, frag.event_seq),
+                                    reorder_max,
                                     &mut deliveries,
                                 );
                             }
@@ -485,8 +485,8 @@ impl Server {
                                 inst.tracker.on_lost_range(
                                     now,
                                     LossStage::Reassembly,
-                                    frag.event_seq,
-                                    frag.event_seq,
+                                    (frag.event_seq, frag.event_seq),
+                                    reorder_max,
                                     &mut deliveries,
                                 );
                             }
@@ -496,8 +496,8 @@ impl Server {
                             inst.tracker.on_lost_range(
                                 now,
                                 LossStage::Reassembly,
-                                frag.event_seq,
-                                frag.event_seq,
+                                (frag.event_seq, frag.event_seq),
+                                reorder_max,
                                 &mut deliveries,
                             );
                         }
@@ -505,8 +505,8 @@ impl Server {
                             inst.tracker.on_lost_range(
                                 now,
                                 LossStage::Reassembly,
-                                frag.event_seq,
-                                frag.event_seq,
+                                (frag.event_seq, frag.event_seq),
+                                reorder_max,
                                 &mut deliveries,
                             );
                         }
@@ -514,10 +514,15 @@ impl Server {
                 }
             }
             Message::Loss(loss) if loss.stage == LossStage::ProducerSend => {
-                inst.tracker
-                    .on_lost_range(now, loss.stage, loss.first_seq, loss.last_seq, &mut deliveries);
+                inst.tracker.on_lost_range(
+                    now,
+                    loss.stage,
+                    (loss.first_seq, loss.last_seq),
+                    reorder_max,
+                    &mut deliveries,
+                );
             }
-            Message::Loss(loss) => {
+            Message::Loss(loss) if matches!(loss.stage, LossStage::ProducerQueue | LossStage::Kernel) => {
                 // Queue and kernel drops never had sequence numbers: count the increase of the
                 // running total, so a lost or repeated report changes nothing.
                 let counted = match loss.stage {
@@ -525,6 +530,13 @@ impl Server {
                     _ => &mut inst.queue_drops,
                 };
                 count_total(&producer, loss, counted, out);
+            }
+            Message::Loss(_) => {
+                // Transport, reassembly and ingest losses are the server's to detect; a producer
+                // claiming one would be counted on top of the gap it describes.
+                out.push(malformed(DecodeError::InvalidValue(
+                    "loss stage only the server reports",
+                )));
             }
             Message::Heartbeat(heartbeat) => {
                 inst.tracker.on_high_water(now, heartbeat.last_seq);
@@ -570,6 +582,7 @@ impl Server {
 
     /// Runs the timers: reassembly expiry and sequence gaps that waited too long.
     pub fn poll(&mut self, now: u64, out: &mut Vec<Output>) {
+        let reorder_max = self.config.reorder_max;
         let mut expired = Vec::new();
         for session in self.sessions.values_mut() {
             expired.clear();
@@ -577,8 +590,13 @@ impl Server {
             if let Some(inst) = self.instances.get_mut(&session.producer.instance) {
                 let mut deliveries = Vec::new();
                 for &seq in &expired {
-                    inst.tracker
-                        .on_lost_range(now, LossStage::Reassembly, seq, seq, &mut deliveries);
+                    inst.tracker.on_lost_range(
+                        now,
+                        LossStage::Reassembly,
+                        (seq, seq),
+                        reorder_max,
+                        &mut deliveries,
+                    );
                 }
                 emit(&session.producer, deliveries, out);
             }

@@ -26,6 +26,7 @@ mod cursor;
 pub mod error;
 pub mod event;
 pub mod fragment;
+pub mod kernel_events;
 pub mod message;
 pub mod port_message;
 pub mod producer;

@@ -1,0 +1,353 @@
+//! Declarations the WDK headers do not give us, and the routines found at run time.
+//!
+//! wdk-sys binds `ntifs.h`, `ntddk.h` and `ntstrsafe.h` only, which declare no port function
+//! and no `PORT_MESSAGE`. The prototypes here follow `shared/reference/LPC.md` (phnt
+//! `ntlpcapi.h`); `PORT_MESSAGE` is the protocol crate's [`PortMessage`], whose x64 layout is
+//! checked at compile time there. Only the NT 5.2 export set is linked (`ZwConnectPort`,
+//! `ZwSecureConnectPort`, `ZwRequestWaitReplyPort`); `ZwRequestPort`, `ZwAlpcConnectPort` and
+//! the newer process-notify registrations are looked up with `MmGetSystemRoutineAddress`, so
+//! the driver loads (and degrades) where one is missing.
+//!
+//! Only `Zw*` forms are called: from a kernel thread they set PreviousMode to KernelMode, so
+//! the kernel does not probe our kernel buffers as if they were user memory (LPC.md).
+
+use core::ffi::c_void;
+use core::mem::{offset_of, size_of};
+
+use lpcmon_protocol::PortMessage;
+use wdk_sys::ntddk::MmGetSystemRoutineAddress;
+use wdk_sys::{BOOLEAN, HANDLE, LARGE_INTEGER, NTSTATUS, OBJECT_ATTRIBUTES, PEPROCESS, UNICODE_STRING};
+
+pub const FALSE: BOOLEAN = 0;
+pub const TRUE: BOOLEAN = 1;
+
+/// Access rights and object attributes (winnt.h, ntdef.h), spelled out here rather than taken
+/// from bindgen's rendering of the header macros.
+pub const SYNCHRONIZE: u32 = 0x0010_0000;
+pub const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
+pub const KEY_READ: u32 = 0x0002_0019;
+pub const OBJ_CASE_INSENSITIVE: u32 = 0x0000_0040;
+pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
+
+/// `ALPC_MSGFLG_SYNC_REQUEST`: the connect waits for the server's answer and returns its
+/// message (our HelloReply) in the connection message buffer.
+pub const ALPC_MSGFLG_SYNC_REQUEST: u32 = 0x0002_0000;
+/// `PsCreateProcessNotifySubsystems`: the Ex2 registration that also reports subsystem
+/// (e.g. WSL pico) processes.
+pub const PS_CREATE_PROCESS_NOTIFY_SUBSYSTEMS: i32 = 0;
+/// `IMAGE_INFO.SystemModeImage`: bit 8 of `Properties`, after the 8-bit ImageAddressingMode.
+pub const IMAGE_INFO_SYSTEM_MODE_IMAGE: u32 = 1 << 8;
+/// `SecurityIdentification`: the server may learn who we are, not act as SYSTEM.
+const SECURITY_IDENTIFICATION: i32 = 1;
+/// `SECURITY_STATIC_TRACKING`.
+const SECURITY_STATIC_TRACKING: u8 = 0;
+
+/// `SECURITY_QUALITY_OF_SERVICE` (winnt.h): 12 bytes.
+#[repr(C)]
+pub struct SecurityQos {
+    pub length: u32,
+    pub impersonation_level: i32,
+    pub context_tracking_mode: u8,
+    pub effective_only: BOOLEAN,
+}
+
+impl SecurityQos {
+    /// What the driver offers a server: identification only, statically captured.
+    pub const fn identification() -> Self {
+        SecurityQos {
+            length: size_of::<SecurityQos>() as u32,
+            impersonation_level: SECURITY_IDENTIFICATION,
+            context_tracking_mode: SECURITY_STATIC_TRACKING,
+            effective_only: FALSE,
+        }
+    }
+}
+
+/// `ALPC_PORT_ATTRIBUTES`, x64: 72 bytes (LPC.md).
+#[repr(C)]
+pub struct AlpcPortAttributes {
+    pub flags: u32,
+    pub security_qos: SecurityQos,
+    pub max_message_length: usize,
+    pub memory_bandwidth: usize,
+    pub max_pool_usage: usize,
+    pub max_section_size: usize,
+    pub max_view_size: usize,
+    pub max_total_section_size: usize,
+    pub dup_object_types: u32,
+    pub reserved: u32,
+}
+
+/// `CLIENT_ID`.
+#[repr(C)]
+pub struct ClientId {
+    pub unique_process: HANDLE,
+    pub unique_thread: HANDLE,
+}
+
+/// `PS_CREATE_NOTIFY_INFO` (ntddk.h), x64. Mirrored so the callback does not depend on how
+/// bindgen names the anonymous flags union.
+#[repr(C)]
+pub struct PsCreateNotifyInfo {
+    pub size: usize,
+    pub flags: u32,
+    pub parent_process_id: HANDLE,
+    pub creating_thread_id: ClientId,
+    pub file_object: *mut c_void,
+    pub image_file_name: *const UNICODE_STRING,
+    pub command_line: *const UNICODE_STRING,
+    pub creation_status: NTSTATUS,
+}
+
+/// `IMAGE_INFO` (ntddk.h), x64; `properties` is the bitfield union.
+#[repr(C)]
+pub struct ImageInfo {
+    pub properties: u32,
+    pub image_base: *mut c_void,
+    pub image_selector: u32,
+    pub image_size: usize,
+    pub image_section_number: u32,
+}
+
+/// `RTL_OSVERSIONINFOW`.
+#[repr(C)]
+pub struct OsVersionInfo {
+    pub size: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub build: u32,
+    pub platform: u32,
+    pub service_pack: [u16; 128],
+}
+
+/// `UUID`, as `ExUuidCreate` writes it.
+#[repr(C, align(4))]
+pub struct Uuid(pub [u8; 16]);
+
+/// S-1-5-18, LocalSystem: revision 1, one subauthority, authority NT (5), subauthority 18.
+#[repr(C, align(4))]
+pub struct Sid([u8; 12]);
+
+pub static LOCAL_SYSTEM_SID: Sid = Sid([1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0]);
+
+impl Sid {
+    /// The `PSID` the connect calls take; they only read it.
+    pub fn as_psid(&'static self) -> *mut c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
+// The x64 layouts in LPC.md and the WDK headers, checked at compile time.
+const _: () = {
+    assert!(size_of::<SecurityQos>() == 12);
+    assert!(size_of::<AlpcPortAttributes>() == 72);
+    assert!(offset_of!(AlpcPortAttributes, security_qos) == 4);
+    assert!(offset_of!(AlpcPortAttributes, max_message_length) == 16);
+    assert!(offset_of!(AlpcPortAttributes, max_total_section_size) == 56);
+    assert!(offset_of!(AlpcPortAttributes, dup_object_types) == 64);
+    assert!(offset_of!(PsCreateNotifyInfo, flags) == 8);
+    assert!(offset_of!(PsCreateNotifyInfo, parent_process_id) == 16);
+    assert!(offset_of!(PsCreateNotifyInfo, creating_thread_id) == 24);
+    assert!(offset_of!(PsCreateNotifyInfo, image_file_name) == 48);
+    assert!(offset_of!(PsCreateNotifyInfo, command_line) == 56);
+    assert!(offset_of!(PsCreateNotifyInfo, creation_status) == 64);
+    assert!(offset_of!(ImageInfo, image_base) == 8);
+    assert!(offset_of!(ImageInfo, image_size) == 24);
+    assert!(size_of::<OsVersionInfo>() == 276);
+    assert!(size_of::<PortMessage>() == 40);
+};
+
+/// The process-notify routine as the Ex and Ex2 registrations take it.
+pub type CreateProcessNotifyEx =
+    unsafe extern "system" fn(process: PEPROCESS, process_id: HANDLE, info: *mut PsCreateNotifyInfo);
+
+pub type PsSetCreateProcessNotifyRoutineEx2Fn =
+    unsafe extern "system" fn(notify_type: i32, routine: *mut c_void, remove: BOOLEAN) -> NTSTATUS;
+pub type PsSetCreateProcessNotifyRoutineExFn =
+    unsafe extern "system" fn(routine: CreateProcessNotifyEx, remove: BOOLEAN) -> NTSTATUS;
+pub type PsGetProcessExitStatusFn = unsafe extern "system" fn(process: PEPROCESS) -> NTSTATUS;
+pub type KeQuerySystemTimePreciseFn = unsafe extern "system" fn(current_time: *mut LARGE_INTEGER);
+pub type ZwRequestPortFn = unsafe extern "system" fn(port: HANDLE, message: *mut PortMessage) -> NTSTATUS;
+pub type ZwAlpcConnectPortFn = unsafe extern "system" fn(
+    port: *mut HANDLE,
+    port_name: *mut UNICODE_STRING,
+    object_attributes: *mut OBJECT_ATTRIBUTES,
+    port_attributes: *mut AlpcPortAttributes,
+    flags: u32,
+    required_server_sid: *mut c_void,
+    connection_message: *mut PortMessage,
+    buffer_length: *mut usize,
+    out_message_attributes: *mut c_void,
+    in_message_attributes: *mut c_void,
+    timeout: *mut LARGE_INTEGER,
+) -> NTSTATUS;
+
+#[link(name = "ntoskrnl")]
+unsafe extern "system" {
+    /// No timeout: it returns when the server accepts or refuses, or when its port goes away.
+    pub fn ZwConnectPort(
+        port: *mut HANDLE,
+        port_name: *mut UNICODE_STRING,
+        security_qos: *mut SecurityQos,
+        client_view: *mut c_void,
+        server_view: *mut c_void,
+        max_message_length: *mut u32,
+        connection_information: *mut c_void,
+        connection_information_length: *mut u32,
+    ) -> NTSTATUS;
+
+    /// `ZwConnectPort` that fails with STATUS_SERVER_SID_MISMATCH unless the server runs as
+    /// `required_server_sid`. Also no timeout.
+    pub fn ZwSecureConnectPort(
+        port: *mut HANDLE,
+        port_name: *mut UNICODE_STRING,
+        security_qos: *mut SecurityQos,
+        client_view: *mut c_void,
+        required_server_sid: *mut c_void,
+        server_view: *mut c_void,
+        max_message_length: *mut u32,
+        connection_information: *mut c_void,
+        connection_information_length: *mut u32,
+    ) -> NTSTATUS;
+
+    pub fn ZwRequestWaitReplyPort(
+        port: HANDLE,
+        request: *mut PortMessage,
+        reply: *mut PortMessage,
+    ) -> NTSTATUS;
+
+    pub fn ExUuidCreate(uuid: *mut Uuid) -> NTSTATUS;
+
+    pub fn RtlGetVersion(info: *mut OsVersionInfo) -> NTSTATUS;
+
+    /// Used only if referencing the worker's thread object fails, to join it by handle.
+    pub fn ZwWaitForSingleObject(handle: HANDLE, alertable: BOOLEAN, timeout: *mut LARGE_INTEGER)
+    -> NTSTATUS;
+}
+
+/// A `UNICODE_STRING` over UTF-16 code units that outlive it. The kernel routines it is passed
+/// to only read it, hence the `*mut` cast.
+pub fn unicode(units: &[u16]) -> UNICODE_STRING {
+    let bytes = (units.len() * 2).min(0xFFFE) as u16;
+    UNICODE_STRING {
+        Length: bytes,
+        MaximumLength: bytes,
+        Buffer: units.as_ptr().cast_mut(),
+    }
+}
+
+/// `OBJECT_ATTRIBUTES` as `InitializeObjectAttributes` (a macro, so not in the bindings) fills
+/// it, without a security descriptor.
+pub fn object_attributes(name: *mut UNICODE_STRING, root: HANDLE, attributes: u32) -> OBJECT_ATTRIBUTES {
+    OBJECT_ATTRIBUTES {
+        Length: size_of::<OBJECT_ATTRIBUTES>() as u32,
+        RootDirectory: root,
+        ObjectName: name,
+        Attributes: attributes,
+        SecurityDescriptor: core::ptr::null_mut(),
+        SecurityQualityOfService: core::ptr::null_mut(),
+    }
+}
+
+/// Looks up an ntoskrnl export by name. PASSIVE_LEVEL only.
+fn system_routine(name: &'static [u16]) -> *mut c_void {
+    let mut name = unicode(name);
+    // SAFETY: PASSIVE_LEVEL (DriverEntry, the only caller); `name` describes a static UTF-16
+    // array that MmGetSystemRoutineAddress only reads.
+    unsafe { MmGetSystemRoutineAddress(&mut name) }
+}
+
+/// Resolves an export to a function pointer of the type its prototype declares.
+macro_rules! resolve {
+    ($name:literal as $ty:ty) => {{
+        const NAME: [u16; $name.len()] = lpcmon_protocol::kernel_events::ascii_utf16($name);
+        let address = system_routine(&NAME);
+        if address.is_null() {
+            None
+        } else {
+            // SAFETY: a non-null address MmGetSystemRoutineAddress returned for this exported
+            // name is that routine's entry point; `$ty` is its prototype (LPC.md, WDK headers),
+            // and function pointers and `PVOID` have the same size.
+            Some(unsafe { core::mem::transmute::<*mut c_void, $ty>(address) })
+        }
+    }};
+}
+
+/// The exports the driver uses when present and does without when not.
+#[derive(Clone, Copy)]
+pub struct Routines {
+    pub set_process_notify_ex2: Option<PsSetCreateProcessNotifyRoutineEx2Fn>,
+    pub set_process_notify_ex: Option<PsSetCreateProcessNotifyRoutineExFn>,
+    pub process_exit_status: Option<PsGetProcessExitStatusFn>,
+    pub system_time_precise: Option<KeQuerySystemTimePreciseFn>,
+    pub request_port: Option<ZwRequestPortFn>,
+    pub alpc_connect_port: Option<ZwAlpcConnectPortFn>,
+}
+
+impl Routines {
+    /// PASSIVE_LEVEL (DriverEntry).
+    pub fn resolve() -> Routines {
+        Routines {
+            set_process_notify_ex2: resolve!(
+                "PsSetCreateProcessNotifyRoutineEx2" as PsSetCreateProcessNotifyRoutineEx2Fn
+            ),
+            set_process_notify_ex: resolve!(
+                "PsSetCreateProcessNotifyRoutineEx" as PsSetCreateProcessNotifyRoutineExFn
+            ),
+            process_exit_status: resolve!("PsGetProcessExitStatus" as PsGetProcessExitStatusFn),
+            system_time_precise: resolve!("KeQuerySystemTimePrecise" as KeQuerySystemTimePreciseFn),
+            request_port: resolve!("ZwRequestPort" as ZwRequestPortFn),
+            alpc_connect_port: resolve!("ZwAlpcConnectPort" as ZwAlpcConnectPortFn),
+        }
+    }
+}
+
+/// `KUSER_SHARED_DATA`: mapped read-only at this address in every address space on x64, in
+/// nonpaged memory, readable at any IRQL. `KeQueryInterruptTime` and `KeQuerySystemTime` are
+/// macros over it in wdm.h, so they are not in the bindings.
+const KUSER_SHARED_DATA: usize = 0xFFFF_F780_0000_0000;
+const INTERRUPT_TIME: usize = KUSER_SHARED_DATA + 0x08;
+const SYSTEM_TIME: usize = KUSER_SHARED_DATA + 0x14;
+
+/// Reads a `KSYSTEM_TIME { LowPart, High1Time, High2Time }`: the kernel writes High2, then
+/// LowPart, then High1, so equal high parts mean a consistent read.
+fn ksystem_time(address: usize) -> u64 {
+    let base = address as *const u32;
+    let mut value = 0u64;
+    for _ in 0..16 {
+        // SAFETY: `address` is a KSYSTEM_TIME in KUSER_SHARED_DATA (see above): 4-aligned,
+        // always mapped, nonpaged, read-only; any IRQL. Volatile because the kernel updates it.
+        let (high1, low, high2) = unsafe {
+            (
+                core::ptr::read_volatile(base.add(1)),
+                core::ptr::read_volatile(base),
+                core::ptr::read_volatile(base.add(2)),
+            )
+        };
+        value = (u64::from(high1) << 32) | u64::from(low);
+        if high1 == high2 {
+            break;
+        }
+    }
+    value
+}
+
+/// Monotonic nanoseconds: `KeQueryInterruptTime() * 100`. Any IRQL.
+pub fn interrupt_time_ns() -> u64 {
+    ksystem_time(INTERRUPT_TIME).saturating_mul(100)
+}
+
+/// UTC, 100 ns units since 1601: `KeQuerySystemTimePrecise` when exported, else the
+/// `KeQuerySystemTime` value (10-16 ms resolution). Any IRQL.
+pub fn system_time(precise: Option<KeQuerySystemTimePreciseFn>) -> i64 {
+    match precise {
+        Some(query) => {
+            let mut now = LARGE_INTEGER { QuadPart: 0 };
+            // SAFETY: KeQuerySystemTimePrecise runs at any IRQL and writes only `now`, a local.
+            unsafe { query(&mut now) };
+            // SAFETY: QuadPart is the 64-bit view of the union the routine just wrote.
+            unsafe { now.QuadPart }
+        }
+        None => ksystem_time(SYSTEM_TIME) as i64,
+    }
+}

@@ -62,3 +62,25 @@ pub fn read_hello_reply(reply: &[u8]) -> Result<usize, PortError> {
         Err(e) => Err(PortError::BadReply(e)),
     }
 }
+
+/// Connects to the lpcmon port named `port` (a socket path on Unix, a port name on Windows),
+/// sending `hello` as the handshake and waiting at most `timeout` for the answer.
+pub fn connect_port(
+    port: &str,
+    hello: &[u8],
+    timeout: Duration,
+) -> Result<Box<dyn PortConnection>, PortError> {
+    #[cfg(unix)]
+    {
+        let conn = crate::unix::UnixPortConnection::connect(std::path::Path::new(port), hello, timeout)?;
+        Ok(Box::new(conn))
+    }
+    #[cfg(windows)]
+    {
+        let options = crate::windows::client::ClientOptions {
+            connect_timeout: timeout,
+            ..Default::default()
+        };
+        crate::windows::client::connect(port, hello, &options)
+    }
+}

@@ -1,4 +1,5 @@
-//! The user-mode producer runtime: the protocol's queue and worker on a thread, over a Unix port.
+//! The user-mode producer runtime: the protocol's queue and worker on a thread, over the port
+//! (a Unix socket, or an ALPC/LPC port on Windows).
 //!
 //! This is the same shape as the Windows driver: whoever sees events pushes them into the bounded
 //! queue without blocking (a full queue is counted), and one worker thread runs
@@ -10,8 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use alpc_server::client::{PortConnection, PortError};
-use alpc_server::unix::UnixPortConnection;
+use alpc_server::client::{PortConnection, PortError, connect_port};
 use lpcmon_protocol::ProducerKind;
 use lpcmon_protocol::producer::{
     self, ConnectFailure, EventSlot, ProducerIo, Worker, WorkerConfig, WorkerStats,
@@ -64,23 +64,25 @@ pub struct Producer<const N: usize> {
     join: JoinHandle<WorkerStats>,
 }
 
-struct UnixIo {
+/// The worker's I/O: the real port, a monotonic clock, and parking for waits.
+struct PortIo {
     config: ProducerConfig,
-    conn: Option<UnixPortConnection>,
+    conn: Option<Box<dyn PortConnection>>,
     origin: Instant,
     stop: Arc<AtomicBool>,
     kernel_dropped: Arc<AtomicU64>,
     failures: u64,
 }
 
-impl ProducerIo for UnixIo {
+impl ProducerIo for PortIo {
     fn now(&mut self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
 
     fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure> {
         self.conn = None;
-        match UnixPortConnection::connect(&self.config.port, hello, Duration::from_nanos(timeout_ns)) {
+        let port = self.config.port.to_string_lossy();
+        match connect_port(&port, hello, Duration::from_nanos(timeout_ns)) {
             Ok(conn) => {
                 let limit = conn.max_message();
                 tracing::info!(port = %self.config.port.display(), limit, "connected to the lpcmon port");
@@ -163,7 +165,7 @@ impl<const N: usize> Producer<N> {
             Box::leak(Box::new(Queue::new(slots).expect("capacity is a power of two")));
         let stop = Arc::new(AtomicBool::new(false));
         let kernel_dropped = Arc::new(AtomicU64::new(0));
-        let mut io = UnixIo {
+        let mut io = PortIo {
             config: config.clone(),
             conn: None,
             origin: Instant::now(),

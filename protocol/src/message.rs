@@ -238,6 +238,16 @@ impl<'a> HelloReply<'a> {
         Ok(w.position())
     }
 
+    /// The encoded reply, ready to send. Every reply fits [`HELLO_REPLY_MAX_LEN`]: the text is
+    /// cut to [`REPLY_TEXT_MAX`] bytes.
+    #[cfg(feature = "alloc")]
+    pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
+        let mut buf = alloc::vec![0u8; HELLO_REPLY_MAX_LEN];
+        let len = self.encode(&mut buf).unwrap_or(0);
+        buf.truncate(len);
+        buf
+    }
+
     fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let status = r.u8()?;
         let version = r.u8()?;

@@ -15,6 +15,10 @@
 //! Time is simulated: the port's blocking advances the simulated clock, and waits advance it a
 //! thousand times faster than the wall clock. Every loop is bounded.
 
+mod common;
+
+use common::Rng;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -35,23 +39,6 @@ const SYSTEM_PID: u64 = 4;
 const WORKER_TID: u64 = 0x1F4;
 /// Simulated nanoseconds per real nanosecond while the worker waits.
 const SPEEDUP: u64 = 1000;
-
-/// splitmix64: small, seeded, good enough to drive fault injection.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-}
 
 /// The driver's two KEVENTs and its clock: the queue signal (auto-reset, set by callbacks) and
 /// the stop request (set by DriverUnload).

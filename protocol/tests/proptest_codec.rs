@@ -9,6 +9,10 @@
 //!
 //! `PROPTEST_CASES` scales every test (the defaults are below).
 
+mod common;
+
+use common::Rng;
+
 use std::collections::BTreeMap;
 
 use lpcmon_protocol::event::{
@@ -565,23 +569,6 @@ fn connect(
     }
 }
 
-/// splitmix64, for shuffles driven by one proptest seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 proptest! {
     #![proptest_config(config(256))]
 
@@ -633,12 +620,12 @@ proptest! {
         let mut rng = Rng(shuffle_seed);
         let originals = pieces.len();
         for i in 0..originals {
-            if rng.below(1000) < duplicate_per_mille {
+            if rng.index(1000) < duplicate_per_mille {
                 pieces.push(pieces[i].clone());
             }
         }
         for i in (1..pieces.len()).rev() {
-            pieces.swap(i, rng.below(i + 1));
+            pieces.swap(i, rng.index(i + 1));
         }
         for (mid, piece) in pieces.iter().enumerate() {
             let action = server.handle(1, 1, &port_header(lpc::DATAGRAM, piece, mid as u32), piece, &mut out);

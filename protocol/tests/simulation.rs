@@ -3,6 +3,10 @@
 //! disconnects. Across thousands of seeded runs, every run must account for every event exactly:
 //! produced = stored + Σ reported losses, each sequence number resolved once, in order.
 
+mod common;
+
+use common::Rng;
+
 use std::collections::VecDeque;
 
 use lpcmon_protocol::event::{EventHeader, EventKind, FieldType};
@@ -11,27 +15,6 @@ use lpcmon_protocol::producer::{ConnectFailure, EventSlot, Step, Worker, WorkerC
 use lpcmon_protocol::queue::{Queue, Slot};
 use lpcmon_protocol::server::{Action, Output, Server, ServerConfig};
 use lpcmon_protocol::{LossStage, ProducerKind};
-
-/// splitmix64: small, seeded, and good enough to drive fault injection.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
 
 const SLOT: usize = 2048;
 

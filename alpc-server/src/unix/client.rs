@@ -1,13 +1,12 @@
 //! The Unix port client: what the Linux sensor and the load generator connect with.
 
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
 
-use super::timeval;
+use super::{io_err, timeval};
 use crate::client::{PortConnection, PortError, read_hello_reply};
 
 pub struct UnixPortConnection {
@@ -18,13 +17,6 @@ pub struct UnixPortConnection {
 /// A send that cannot complete in this long means the server has stopped reading; the
 /// producer then treats the connection as broken (and reports the event as lost).
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> PortError {
-    move |e| PortError::Io {
-        call,
-        source: io::Error::from(e),
-    }
-}
 
 impl UnixPortConnection {
     /// Connects to the port at `path` and performs the handshake: sends `hello`, waits at most

@@ -15,3 +15,11 @@ use nix::sys::time::{TimeVal, TimeValLike};
 fn timeval(d: Duration) -> TimeVal {
     TimeVal::microseconds(d.as_micros().min(i64::MAX as u128) as i64)
 }
+
+/// Maps a failed socket call to the port error that names it.
+fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> crate::client::PortError {
+    move |e| crate::client::PortError::Io {
+        call,
+        source: std::io::Error::from(e),
+    }
+}

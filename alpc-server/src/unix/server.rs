@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lpcmon_protocol::message::{HELLO_REPLY_MAX_LEN, HelloReply, MIN_VERSION, VERSION};
+use lpcmon_protocol::message::{HelloReply, MIN_VERSION, VERSION};
 use lpcmon_protocol::server::{Action, ConnId};
 use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
 use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
-use super::timeval;
+use super::{io_err, timeval};
 use crate::client::PortError;
 use crate::dispatch::Dispatcher;
 
@@ -53,13 +53,6 @@ impl UnixPortConfig {
             socket_mode: 0o600,
             dir_mode: 0o700,
         }
-    }
-}
-
-fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> PortError {
-    move |e| PortError::Io {
-        call,
-        source: io::Error::from(e),
     }
 }
 
@@ -295,16 +288,13 @@ fn authorise(shared: &Shared, conn: &OwnedFd) -> Option<u64> {
 }
 
 fn refusal(reason: RefuseReason, text: &str) -> Vec<u8> {
-    let mut buf = vec![0u8; HELLO_REPLY_MAX_LEN];
-    let reply = HelloReply::Refuse {
+    HelloReply::Refuse {
         reason,
         min_version: MIN_VERSION,
         max_version: VERSION,
         text,
-    };
-    let len = reply.encode(&mut buf).unwrap_or(0);
-    buf.truncate(len);
-    buf
+    }
+    .to_vec()
 }
 
 fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {

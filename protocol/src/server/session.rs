@@ -11,8 +11,7 @@ use super::sequence::{Delivery, SequenceTracker};
 use crate::error::DecodeError;
 use crate::event::Event;
 use crate::message::{
-    HELLO_REPLY_MAX_LEN, Heartbeat, Hello, HelloReply, Loss, LossStage, MIN_VERSION, Message, ProducerKind,
-    RefuseReason, VERSION,
+    Heartbeat, Hello, HelloReply, Loss, LossStage, MIN_VERSION, Message, ProducerKind, RefuseReason, VERSION,
 };
 use crate::port_message::{PortMessage, lpc};
 
@@ -251,16 +250,13 @@ impl Server {
         detail: String,
         out: &mut Vec<Output>,
     ) -> Action {
-        let mut reply = alloc::vec![0u8; HELLO_REPLY_MAX_LEN];
-        let len = HelloReply::Refuse {
+        let reply = HelloReply::Refuse {
             reason,
             min_version: self.config.min_version,
             max_version: self.config.max_version,
             text: &detail,
         }
-        .encode(&mut reply)
-        .unwrap_or(0);
-        reply.truncate(len);
+        .to_vec();
         out.push(Output::Refused {
             client_pid: header.client_process,
             reason,
@@ -360,14 +356,11 @@ impl Server {
             },
         );
         out.push(Output::Connected(producer));
-        let mut reply = alloc::vec![0u8; HELLO_REPLY_MAX_LEN];
-        let len = HelloReply::Accept {
+        let reply = HelloReply::Accept {
             version,
             max_message: limit as u32,
         }
-        .encode(&mut reply)
-        .unwrap_or(0);
-        reply.truncate(len);
+        .to_vec();
         Action::Accept { reply }
     }
 

@@ -67,7 +67,18 @@ pub fn run(config: &LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
             max: LOADGEN_SLOT,
         });
     }
-    let producer = Producer::<LOADGEN_SLOT>::start(config.producer.clone())?;
+    // Slots are fixed-size and preallocated, so size them to the event: a 16 KiB slot for a
+    // 200-byte event made a large queue cost 80 times the memory it needed.
+    match config.size {
+        0..=256 => push_all::<256>(config),
+        257..=1024 => push_all::<1024>(config),
+        1025..=4096 => push_all::<4096>(config),
+        _ => push_all::<LOADGEN_SLOT>(config),
+    }
+}
+
+fn push_all<const N: usize>(config: &LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
+    let producer = Producer::<N>::start(config.producer.clone())?;
     let padding = "x".repeat(config.size - min_size());
     let pid = std::process::id();
     let started = Instant::now();
@@ -90,11 +101,9 @@ pub fn run(config: &LoadgenConfig) -> Result<LoadgenReport, LoadgenError> {
             ppid: 1,
             tid: i as u32,
         };
-        producer.push(|slot: &mut EventSlot<LOADGEN_SLOT>| {
-            // The slot is large enough for every accepted size, so this cannot fail.
-            let _ = slot.encode(&header, LOADGEN_SLOT, |w| {
-                w.utf8(FieldType::COMMAND_LINE, &padding)
-            });
+        producer.push(|slot: &mut EventSlot<N>| {
+            // The slot is chosen large enough for the size, so this cannot fail.
+            let _ = slot.encode(&header, N, |w| w.utf8(FieldType::COMMAND_LINE, &padding));
         });
     }
     let report = producer.stop();

@@ -223,17 +223,15 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, readers: &Mutex<Vec<Joi
         };
         // SAFETY: accept4 returned a new descriptor that nothing else owns.
         let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let Some(peer) = authorise(shared, &conn) else {
-            continue;
-        };
         if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+            let pid = peer_pid(&conn);
             shared
                 .dispatcher
-                .refuse_peer(peer, RefuseReason::TooManyProducers, "connection limit reached");
-            let _ = send_all(
-                &conn,
-                &refusal(RefuseReason::TooManyProducers, "connection limit reached"),
-            );
+                .refuse_peer(pid, RefuseReason::TooManyProducers, "connection limit reached");
+            // An accepted socket does not inherit the listener's timeout; bound the wait for
+            // the Hello so a silent peer cannot hold the accept loop.
+            let _ = socket::setsockopt(&conn, sockopt::ReceiveTimeout, &timeval(POLL_INTERVAL));
+            answer_refusal(&conn, RefuseReason::TooManyProducers, "connection limit reached");
             continue;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);
@@ -242,7 +240,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, readers: &Mutex<Vec<Joi
         let spawned = std::thread::Builder::new()
             .name(format!("lpcmon-port-conn-{id}"))
             .spawn(move || {
-                serve_connection(&shared2, id, peer, conn);
+                serve_connection(&shared2, id, conn);
                 shared2.connections.fetch_sub(1, Ordering::Relaxed);
             });
         match spawned {
@@ -280,21 +278,29 @@ fn authorise(shared: &Shared, conn: &OwnedFd) -> Option<u64> {
         shared
             .dispatcher
             .refuse_peer(pid, RefuseReason::Unauthorised, &why);
-        // Tell the peer why, as a refusal it can log, before closing.
-        let _ = send_all(conn, &refusal(RefuseReason::Unauthorised, "uid not allowed"));
+        answer_refusal(conn, RefuseReason::Unauthorised, "uid not allowed");
         return None;
     }
     Some(pid)
 }
 
-fn refusal(reason: RefuseReason, text: &str) -> Vec<u8> {
-    HelloReply::Refuse {
+fn peer_pid(conn: &OwnedFd) -> u64 {
+    socket::getsockopt(conn, sockopt::PeerCredentials).map_or(0, |c| c.pid().max(0) as u64)
+}
+
+/// Refuses a peer the way a bad Hello is refused: read its Hello, then answer why. Closing with
+/// the Hello unread would make the kernel report ECONNRESET to the peer ahead of the answer, so
+/// it would never learn the reason. Waits at most the socket's receive timeout.
+fn answer_refusal(conn: &OwnedFd, reason: RefuseReason, text: &str) {
+    let mut hello = [0u8; 256];
+    let _ = socket::recv(conn.as_raw_fd(), &mut hello, MsgFlags::MSG_TRUNC);
+    let reply = HelloReply::Refuse {
         reason,
         min_version: MIN_VERSION,
         max_version: VERSION,
         text,
-    }
-    .to_vec()
+    };
+    let _ = send_all(conn, &reply.to_vec());
 }
 
 fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {
@@ -303,11 +309,14 @@ fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {
     PortMessage::new(kind, len, pid, pid, id)
 }
 
-fn serve_connection(shared: &Shared, id: ConnId, pid: u64, conn: OwnedFd) {
+fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
     if let Err(e) = socket::setsockopt(&conn, sockopt::ReceiveTimeout, &timeval(POLL_INTERVAL)) {
         tracing::error!(error = %e, "setsockopt on a connection failed");
         return;
     }
+    let Some(pid) = authorise(shared, &conn) else {
+        return;
+    };
     // One byte more than the limit, so an oversized datagram is seen as oversized.
     let mut buf = vec![0u8; shared.config.max_message + 1];
     let mut established = false;

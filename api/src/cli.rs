@@ -1,6 +1,7 @@
 //! The `lpcmon` command line (DESIGN §6).
 
 use std::net::SocketAddr;
+#[cfg(unix)]
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -91,9 +92,12 @@ pub struct ServeArgs {
     /// Which Windows port API to serve.
     #[arg(long, value_enum, default_value_t = PortApi::Alpc)]
     pub port_api: PortApi,
-    /// Windows: also let Administrators (not only SYSTEM) connect, for the load generator.
+    /// Windows: also let Administrators (not only SYSTEM) open the port, for the load generator.
     #[arg(long)]
     pub allow_administrators: bool,
+    /// Windows: accept user-mode producers (the load generator), not only the kernel driver.
+    #[arg(long)]
+    pub allow_user_mode_producers: bool,
     /// Capacity of the channel between the port and the store. When full, events are dropped
     /// and counted as server_ingest loss.
     #[arg(long, default_value_t = 16_384)]

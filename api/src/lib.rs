@@ -1,1 +1,37 @@
-//! lpcmon's HTTP service: event store, REST, SSE, dashboard and metrics; and the lpcmon binary.
+//! lpcmon's HTTP service: the event store, REST, server-sent events, the dashboard and metrics.
+//!
+//! The `lpcmon` binary wires it up:
+//!
+//! 1. [`AppState::new`] with an [`ApiConfig`];
+//! 2. [`spawn_ingest`] with the receiving end of the bounded channel the port server's
+//!    dispatcher feeds with [`Output`](lpcmon_protocol::server::Output)s;
+//! 3. [`router`] served by axum.
+//!
+//! The ingest task is the store's only writer and assigns every stored event the next id, so
+//! ids start at 1 and are dense. Each event is serialised to JSON once, at ingest; pages and
+//! streams copy those bytes. HTTP clients never slow ingest: readers take the store's lock in
+//! short chunks, and live streams hang off a bounded broadcast on which a slow client lags on
+//! its own and is then told exactly what it missed (DESIGN §2, §3, §5).
+
+mod assets;
+mod auth;
+mod config;
+mod error;
+mod follow;
+mod ingest;
+mod json;
+mod kind;
+mod metrics;
+mod page;
+mod query;
+mod report;
+mod routes;
+mod state;
+mod stats;
+mod store;
+mod timefmt;
+
+pub use config::ApiConfig;
+pub use ingest::spawn_ingest;
+pub use routes::{router, routes};
+pub use state::AppState;

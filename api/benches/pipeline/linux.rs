@@ -1,0 +1,772 @@
+//! The pipeline benchmark (issue #3 point 6). Run it with
+//!
+//! ```text
+//! cargo bench -p lpcmon-api --bench pipeline
+//! ```
+//!
+//! It prints one table; it asserts nothing about timing. What it measures:
+//!
+//! 1. **Raw SEQPACKET datagrams/s**: two threads, a `SOCK_SEQPACKET` socketpair, 200-byte
+//!    datagrams, blocking send and the same `recv` the port server does. The ceiling.
+//! 2. **lpcmon ingest rate**: the binary's wiring in-process (AppState + `spawn_ingest` +
+//!    `Dispatcher` + `UnixPortServer`, axum on 127.0.0.1), driven by the real load generator
+//!    (`lpcmon_sensor::loadgen::run`, rate 0, 200-byte events). The rate is the number of events
+//!    stored divided by the time between the first and the last one's `received` stamp (the
+//!    ingest task's clock), so neither process start-up nor the bench's polling is counted.
+//! 3. **Ratio** of the two.
+//! 4. **Latency** from the load generator's push (`time`) to the moment an SSE client over real
+//!    HTTP reads the event, at 10,000 events/s for 5 s with 10 clients; one hdrhistogram per
+//!    client, merged.
+//! 5. **Resident memory** of this process (`VmRSS`, `VmHWM`) next to the store's limits.
+//!
+//! The load generator runs in a child process (this same executable, re-run with an
+//! environment variable), as it would in production. That keeps its queue out of this
+//! process's RSS: a loadgen queue slot is `LOADGEN_SLOT` = 16 KiB whatever the event size, so
+//! its queue would dwarf the server's memory. For the same reason a rate-0 burst is 65,536
+//! events with a 65,536-slot queue (1 GiB in the child, freed when it exits), repeated: a queue
+//! that holds the whole burst means no producer-queue drops, and several bursts give the
+//! total count.
+//!
+//! Every wait is bounded; on the way out the SSE clients are dropped, the HTTP server stops
+//! gracefully, the port server shuts down and the socket directory is removed.
+
+use std::fmt::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alpc_server::dispatch::{Dispatcher, PortCounters};
+use alpc_server::unix::{UnixPortConfig, UnixPortServer};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use lpcmon_api::{ApiConfig, AppState, router, spawn_ingest};
+use lpcmon_protocol::ProducerKind;
+use lpcmon_protocol::server::ServerConfig;
+use lpcmon_sensor::loadgen::{self, LoadgenConfig};
+use lpcmon_sensor::runtime::ProducerConfig;
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, sockopt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+/// Encoded size of every event, bytes.
+const SIZE: usize = 200;
+/// The largest message, as the binary's default.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Datagrams in the raw run.
+const RAW_COUNT: u64 = 500_000;
+/// Rate-0 bursts and events per burst (the child's queue holds a whole burst).
+const BURSTS: usize = 4;
+const BURST_COUNT: u64 = 65_536;
+/// The latency run.
+const LAT_RATE: u64 = 10_000;
+const LAT_SECONDS: u64 = 5;
+const LAT_QUEUE: usize = 4096;
+const SSE_CLIENTS: usize = 10;
+/// Store limits: the binary's defaults.
+const RETAIN: usize = 100_000;
+const RETAIN_BYTES: usize = 64 * 1024 * 1024;
+/// Larger than a burst, so a burst can never overflow it.
+const INGEST_CAPACITY: usize = 131_072;
+/// Longest any single wait may take.
+const WAIT: Duration = Duration::from_secs(60);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Set in the child's environment: `port|rate|count|queue`.
+const CHILD_ENV: &str = "LPCMON_BENCH_LOADGEN";
+
+pub fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child_loadgen(&spec);
+        return;
+    }
+    check_time_parser();
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut table = Table::default();
+
+    // 1. The ceiling.
+    let raw = raw_seqpacket(RAW_COUNT);
+
+    let mem_before = memory();
+    let dir = std::env::temp_dir().join(format!("lpcmon-bench-{}", std::process::id()));
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-sse-client")
+        .enable_all()
+        .build()
+        .expect("client runtime");
+
+    let results = server_rt.block_on(run_server_phases(&dir, &client_rt));
+    drop(client_rt);
+    drop(server_rt);
+    let _ = std::fs::remove_dir_all(&dir);
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pipeline bench failed: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    // The table.
+    let ingest = median(&results.bursts.iter().map(|b| b.rate).collect::<Vec<_>>());
+    let ratio = ingest / raw;
+    let burst_rates = results
+        .bursts
+        .iter()
+        .map(|b| fmt_int(b.rate))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = |f: fn(&Burst) -> u64| results.bursts.iter().map(f).sum::<u64>();
+    table.row(
+        "raw SEQPACKET (socketpair, 2 threads)",
+        format!("{} datagrams/s", fmt_int(raw)),
+        format!("ceiling ({} x {SIZE} B)", fmt_int(RAW_COUNT as f64)),
+    );
+    table.row(
+        "lpcmon ingest (loadgen -> port -> store)",
+        format!("{} events/s", fmt_int(ingest)),
+        format!("median of {BURSTS} bursts x {}", fmt_int(BURST_COUNT as f64)),
+    );
+    table.row(
+        "  per burst",
+        format!("{burst_rates} /s"),
+        "first burst fills the store".into(),
+    );
+    table.row(
+        "  stored / sent by loadgen",
+        format!("{} / {}", sum(|b| b.stored), sum(|b| b.sent)),
+        "equal".into(),
+    );
+    table.row(
+        "  drops: server_ingest / producer_queue",
+        format!("{} / {}", sum(|b| b.ingest_dropped), sum(|b| b.queue_dropped)),
+        format!("0 / 0 (ingest channel {})", fmt_int(INGEST_CAPACITY as f64)),
+    );
+    table.row(
+        "ratio ingest / raw",
+        format!("{ratio:.2}"),
+        verdict(ratio >= 0.8, ">= 0.80"),
+    );
+    let l = &results.latency;
+    let us = |v: u64| v as f64 / 1000.0;
+    table.row(
+        "SSE latency p50 / p99 / max",
+        format!(
+            "{:.0} / {:.0} / {:.0} us",
+            us(l.hist.value_at_quantile(0.50)),
+            us(l.hist.value_at_quantile(0.99)),
+            us(l.hist.max())
+        ),
+        verdict(l.hist.value_at_quantile(0.99) <= 2_000_000, "p99 <= 2000 us"),
+    );
+    table.row(
+        "  p90 / p99.9 / mean",
+        format!(
+            "{:.0} / {:.0} / {:.0} us",
+            us(l.hist.value_at_quantile(0.90)),
+            us(l.hist.value_at_quantile(0.999)),
+            l.hist.mean() / 1000.0
+        ),
+        format!(
+            "{SSE_CLIENTS} clients, {} ev/s, {LAT_SECONDS} s",
+            fmt_int(LAT_RATE as f64)
+        ),
+    );
+    table.row(
+        "  delivered / expected, gaps (missed)",
+        format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
+        format!("loadgen sent {}, queue drops {}", l.sent, l.queue_dropped),
+    );
+    let store_limit = RETAIN_BYTES as f64 / MIB;
+    table.row(
+        "VmRSS before / after ingest / at end",
+        format!(
+            "{:.1} / {:.1} / {:.1} MiB",
+            mem_before.rss / MIB,
+            results.mem_after_ingest.rss / MIB,
+            results.mem_end.rss / MIB
+        ),
+        verdict(
+            results.mem_end.rss / MIB <= 64.0 + store_limit,
+            &format!("<= 64 + {store_limit:.0} (store) = {:.0} MiB", 64.0 + store_limit),
+        ),
+    );
+    table.row(
+        "VmHWM (peak) at end",
+        format!("{:.1} MiB", results.mem_end.hwm / MIB),
+        "".into(),
+    );
+    table.row(
+        "store: configured / holding",
+        format!(
+            "{} ev, {store_limit:.0} MiB / {} ev, {:.1} MiB",
+            fmt_int(RETAIN as f64),
+            fmt_int(results.store_events as f64),
+            results.store_bytes as f64 / MIB
+        ),
+        "retain / retain_bytes (binary defaults)".into(),
+    );
+    println!();
+    println!(
+        "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    table.print();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Raw SEQPACKET
+
+fn raw_seqpacket(count: u64) -> f64 {
+    let (tx, rx) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    // Bounded: a stuck receiver gives up after 5 s.
+    socket::setsockopt(&rx, sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(5, 0))
+        .expect("SO_RCVTIMEO");
+    let receiver = std::thread::spawn(move || {
+        // The same buffer and flags as the port server's receive loop.
+        let mut buf = vec![0u8; MAX_MESSAGE + 1];
+        let mut n = 0u64;
+        while n < count {
+            match socket::recv(rx.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+                Ok(0) => break,
+                Ok(_) => n += 1,
+                Err(nix::Error::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        (n, Instant::now())
+    });
+    let message = [0x5au8; SIZE];
+    let start = Instant::now();
+    for _ in 0..count {
+        if socket::send(tx.as_raw_fd(), &message, MsgFlags::MSG_NOSIGNAL).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let (received, end) = receiver.join().expect("raw receiver");
+    received as f64 / (end - start).as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server, wired as `lpcmon serve` wires it.
+
+struct Burst {
+    rate: f64,
+    stored: u64,
+    sent: u64,
+    ingest_dropped: u64,
+    queue_dropped: u64,
+}
+
+struct Latency {
+    hist: Histogram<u64>,
+    expected: u64,
+    gaps: u64,
+    missed: u64,
+    sent: u64,
+    queue_dropped: u64,
+}
+
+struct Results {
+    bursts: Vec<Burst>,
+    latency: Latency,
+    mem_after_ingest: Memory,
+    mem_end: Memory,
+    store_events: u64,
+    store_bytes: u64,
+}
+
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    async fn json(&self, path: &str) -> Result<Value, String> {
+        let fut = async {
+            let r = self.client.get(format!("{}{path}", self.base)).send().await?;
+            r.text().await
+        };
+        let text = tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .map_err(|_| format!("GET {path}: timed out"))?
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}: {text}"))
+    }
+
+    async fn stats(&self) -> Result<Value, String> {
+        self.json("/stats").await
+    }
+}
+
+fn exec_count(stats: &Value) -> u64 {
+    stats["events_by_kind"]["process.exec"].as_u64().unwrap_or(0)
+}
+
+async fn run_server_phases(dir: &Path, client_rt: &tokio::runtime::Runtime) -> Result<Results, String> {
+    let port_path = dir.join("port.sock");
+    let state = AppState::new(ApiConfig {
+        retain: RETAIN,
+        retain_bytes: RETAIN_BYTES,
+        ..ApiConfig::default()
+    });
+    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CAPACITY);
+    let ingest = spawn_ingest(state.clone(), ingest_rx);
+    let dispatcher = Arc::new(Dispatcher::new(
+        ServerConfig {
+            api: "unix",
+            max_message: MAX_MESSAGE,
+            ..ServerConfig::default()
+        },
+        ingest_tx,
+    ));
+    let counters = dispatcher.counters();
+    let port = UnixPortServer::start(
+        UnixPortConfig {
+            max_message: MAX_MESSAGE,
+            ..UnixPortConfig::new(&port_path)
+        },
+        dispatcher,
+    )
+    .map_err(|e| format!("port server: {e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let http_server = tokio::spawn(
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    let http = Http {
+        base: base.clone(),
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?,
+    };
+
+    let outcome = async {
+        let mut bursts = Vec::new();
+        for i in 0..BURSTS {
+            let b = burst(&http, &port_path, &counters, BURST_COUNT)
+                .await
+                .map_err(|e| format!("burst {}: {e}", i + 1))?;
+            bursts.push(b);
+        }
+        let mem_after_ingest = memory();
+        let latency = latency_run(&http, &base, &port_path, client_rt).await?;
+        let mem_end = memory();
+        let stats = http.stats().await?;
+        Ok::<_, String>(Results {
+            bursts,
+            latency,
+            mem_after_ingest,
+            mem_end,
+            store_events: stats["store"]["events"].as_u64().unwrap_or(0),
+            store_bytes: stats["store"]["bytes"].as_u64().unwrap_or(0),
+        })
+    }
+    .await;
+
+    // Clean shutdown, each step bounded.
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), http_server).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || port.shutdown()),
+    )
+    .await;
+    // The port server held the only ingest sender, so the task ends on its own.
+    if tokio::time::timeout(Duration::from_secs(5), ingest)
+        .await
+        .is_err()
+    {
+        eprintln!("ingest task did not end in 5 s");
+    }
+    outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Rate-0 bursts
+
+async fn burst(http: &Http, port: &Path, counters: &PortCounters, count: u64) -> Result<Burst, String> {
+    let before = http.stats().await?;
+    let newest_before = before["store"]["newest_id"].as_u64().unwrap_or(0);
+    let exec_before = exec_count(&before);
+    let dropped_before = counters.ingest_dropped.load(std::sync::atomic::Ordering::Relaxed);
+
+    let mut child = spawn_loadgen(port, 0, count, count as usize)?;
+    let deadline = Instant::now() + WAIT;
+
+    // The first stored event of this burst, caught while it is surely still in the store.
+    let first_path = format!("/events?after={newest_before}&kind=process.exec&limit=1");
+    let first = loop {
+        let page = http.json(&first_path).await?;
+        if let Some(e) = page["events"].get(0) {
+            break e.clone();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("no event was stored".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let report = wait_child(child, deadline).await?;
+    let sent = report["sent"].as_u64().unwrap_or(0);
+    let queue_dropped = report["dropped"].as_u64().unwrap_or(0);
+
+    // Every sent event is either stored or counted as an ingest drop.
+    let (stored, ingest_dropped) = loop {
+        let stats = http.stats().await?;
+        let stored = exec_count(&stats) - exec_before;
+        let dropped = counters.ingest_dropped.load(std::sync::atomic::Ordering::Relaxed) - dropped_before;
+        if stored + dropped >= sent {
+            break (stored, dropped);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {stored} of {sent} events stored ({dropped} dropped)"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let last = http.json("/events?kind=process.exec&limit=1").await?["events"][0].clone();
+    if last["producer"]["instance"] != first["producer"]["instance"] || first["producer"]["seq"] != 1 {
+        return Err(format!(
+            "first/last stored events are not this burst's: {first} / {last}"
+        ));
+    }
+    let t0 = parse_rfc3339(first["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
+    let t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
+    let seconds = t1.saturating_sub(t0) as f64 / 1e9;
+    Ok(Burst {
+        rate: (stored.saturating_sub(1)) as f64 / seconds,
+        stored,
+        sent,
+        ingest_dropped,
+        queue_dropped,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Latency to SSE clients
+
+struct ClientResult {
+    hist: Histogram<u64>,
+    gaps: u64,
+    missed: u64,
+}
+
+async fn latency_run(
+    http: &Http,
+    base: &str,
+    port: &Path,
+    client_rt: &tokio::runtime::Runtime,
+) -> Result<Latency, String> {
+    let expected = LAT_RATE * LAT_SECONDS;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(LAT_SECONDS) + WAIT;
+    let mut clients = Vec::new();
+    let mut ready = Vec::new();
+    for _ in 0..SSE_CLIENTS {
+        let (tx, rx) = oneshot::channel();
+        let url = format!("{base}/events/stream");
+        clients.push(client_rt.spawn(sse_client(client.clone(), url, expected, deadline, tx)));
+        ready.push(rx);
+    }
+    for rx in ready {
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .map_err(|_| "an SSE client did not connect in 10 s")?
+            .map_err(|_| "an SSE client failed to connect")?;
+    }
+    let connected = http.stats().await?["sse"]["clients"].as_u64().unwrap_or(0);
+    if connected != SSE_CLIENTS as u64 {
+        return Err(format!("{connected} SSE clients connected, not {SSE_CLIENTS}"));
+    }
+
+    let child = spawn_loadgen(port, LAT_RATE, expected, LAT_QUEUE)?;
+    let report = wait_child(child, Instant::now() + Duration::from_secs(LAT_SECONDS) + WAIT).await?;
+
+    let mut hist = new_histogram();
+    let (mut gaps, mut missed) = (0, 0);
+    for c in clients {
+        let r = c.await.map_err(|e| format!("SSE client: {e}"))?;
+        hist.add(&r.hist).map_err(|e| e.to_string())?;
+        gaps += r.gaps;
+        missed += r.missed;
+    }
+    Ok(Latency {
+        hist,
+        expected: expected * SSE_CLIENTS as u64,
+        gaps,
+        missed,
+        sent: report["sent"].as_u64().unwrap_or(0),
+        queue_dropped: report["dropped"].as_u64().unwrap_or(0),
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 ns to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Reads one SSE stream until it has seen `expected` `process.exec` events (or gaps covering
+/// them), or until `deadline`. Latency = wall clock when the chunk arrived minus the event's
+/// `time` (the load generator's wall clock at push).
+async fn sse_client(
+    client: reqwest::Client,
+    url: String,
+    expected: u64,
+    deadline: tokio::time::Instant,
+    ready: oneshot::Sender<()>,
+) -> ClientResult {
+    let mut result = ClientResult {
+        hist: new_histogram(),
+        gaps: 0,
+        missed: 0,
+    };
+    let response = match tokio::time::timeout(Duration::from_secs(10), client.get(url).send()).await {
+        Ok(Ok(r)) if r.status().is_success() => r,
+        _ => return result,
+    };
+    // The handler subscribed to the broadcast before it answered, so from here on nothing is
+    // missed.
+    let _ = ready.send(());
+    let mut body = response.bytes_stream();
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut event = Vec::new();
+    while result.hist.len() + result.missed < expected {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            _ => break,
+        };
+        let now = wall_ns();
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if let Some(name) = line.strip_prefix(b"event:") {
+                event = name.trim_ascii().to_vec();
+            } else if let Some(data) = line.strip_prefix(b"data:") {
+                if event == b"process.exec" {
+                    if let Some(t) = field_str(data, b"\"time\":\"").and_then(parse_rfc3339) {
+                        let _ = result.hist.record(now.saturating_sub(t).max(1));
+                    }
+                } else if event == b"gap" {
+                    result.gaps += 1;
+                    let v: Value = serde_json::from_slice(data).unwrap_or_default();
+                    result.missed += v["missed"].as_u64().unwrap_or(0);
+                }
+            } else if line.is_empty() {
+                event.clear();
+            }
+        }
+        buf.drain(..start);
+    }
+    result
+}
+
+/// The string value that follows `key` (which ends with the opening quote).
+fn field_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
+    let at = data.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = data[at..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&data[at..at + len]).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator, in a child process
+
+fn spawn_loadgen(port: &Path, rate: u64, count: u64, queue: usize) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    Command::new(exe)
+        .env(CHILD_ENV, format!("{}|{rate}|{count}|{queue}", port.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn loadgen: {e}"))
+}
+
+/// Waits for the child (bounded: killed at `deadline`) and returns its JSON report.
+async fn wait_child(mut child: Child, deadline: Instant) -> Result<Value, String> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("loadgen did not finish in time".into());
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("loadgen output: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("loadgen exited with {}", output.status));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("loadgen report: {e}"))
+}
+
+fn child_loadgen(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [port, rate, count, queue] = parts[..] else {
+        eprintln!("bad {CHILD_ENV}: {spec}");
+        std::process::exit(2);
+    };
+    let number = |s: &str| s.parse::<u64>().unwrap_or_else(|_| std::process::exit(2));
+    let config = LoadgenConfig {
+        producer: ProducerConfig {
+            queue_capacity: number(queue) as usize,
+            max_message: MAX_MESSAGE,
+            ..ProducerConfig::new(PathBuf::from(port), ProducerKind::Loadgen)
+        },
+        rate: number(rate),
+        count: number(count),
+        size: SIZE,
+    };
+    match loadgen::run(&config) {
+        Ok(report) => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Parses the event JSON's one time form, `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, to ns since the epoch.
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    if s.len() != 30 || !s.ends_with('Z') {
+        return None;
+    }
+    let n = |a: usize, b: usize| s.get(a..b)?.parse::<u64>().ok();
+    let (y, m, d) = (n(0, 4)?, n(5, 7)?, n(8, 10)?);
+    let (hh, mm, ss, frac) = (n(11, 13)?, n(14, 16)?, n(17, 19)?, n(20, 29)?);
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000 + frac)
+}
+
+/// A wrong parser would make every latency figure wrong; check it against known instants
+/// (the same ones `timefmt`'s tests use).
+fn check_time_parser() {
+    assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000000000Z"), Some(0));
+    assert_eq!(
+        parse_rfc3339("2000-02-29T00:00:00.000000001Z"),
+        Some(951_782_400_000_000_001)
+    );
+    assert_eq!(
+        parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
+        Some(1_700_000_000_123_456_789)
+    );
+}
+
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: f64,
+    hwm: f64,
+}
+
+/// VmRSS and VmHWM of this process, bytes.
+fn memory() -> Memory {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |k| k * 1024.0)
+    };
+    Memory {
+        rss: kib("VmRSS:"),
+        hwm: kib("VmHWM:"),
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn fmt_int(v: f64) -> String {
+    let s = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn verdict(met: bool, target: &str) -> String {
+    format!("{target} ({})", if met { "met" } else { "MISSED" })
+}
+
+#[derive(Default)]
+struct Table(Vec<[String; 3]>);
+
+impl Table {
+    fn row(&mut self, name: &str, value: String, target: String) {
+        self.0.push([name.to_owned(), value, target]);
+    }
+
+    fn print(&self) {
+        let w0 = self.0.iter().map(|r| r[0].len()).max().unwrap_or(0);
+        let w1 = self.0.iter().map(|r| r[1].len()).max().unwrap_or(0);
+        let mut out = String::new();
+        let (metric, value) = ("metric", "value");
+        let _ = writeln!(out, "{metric:w0$}  {value:w1$}  target / note");
+        let _ = writeln!(out, "{}", "-".repeat(w0 + w1 + 40));
+        for [a, b, c] in &self.0 {
+            let _ = writeln!(out, "{a:w0$}  {b:w1$}  {c}");
+        }
+        print!("{out}");
+    }
+}

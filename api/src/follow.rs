@@ -1,0 +1,157 @@
+//! One SSE client's position in the event sequence: replay from the store, then live events,
+//! with every missed event accounted for.
+//!
+//! The follower subscribes to the live broadcast *before* it reads the store, so nothing falls
+//! between the replay and the live part, and it skips live events it already sent, so nothing
+//! comes twice. `done` is the id up to which every event was sent, filtered out, or reported in
+//! a `gap`; ids are dense, so a gap's `missed` count is exact.
+//!
+//! When the broadcast says the client lagged, the follower reads the store after `done` again.
+//! Only what the store has evicted meanwhile is lost, and that is reported as a gap. Catching up
+//! reads a bounded chunk at a time, so a client's buffer never exceeds one chunk plus the
+//! broadcast's capacity (invariant 2).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
+
+use crate::query::Filter;
+use crate::state::{AppState, GapReason};
+use crate::store::StoredEvent;
+
+/// Ids read from the store per catch-up step.
+const CATCH_UP_CHUNK: u64 = 1024;
+
+/// What the stream sends next.
+#[derive(Debug)]
+pub enum Item {
+    Event(Arc<StoredEvent>),
+    Gap {
+        missed: u64,
+        reason: GapReason,
+        /// The last id the gap covers; sent as the gap's SSE `id`, so a reconnect resumes
+        /// after the hole instead of reporting it again.
+        last_id: u64,
+    },
+}
+
+/// Counts a connected client for as long as it lives.
+struct ClientGuard(AppState);
+
+impl ClientGuard {
+    fn new(state: AppState) -> Self {
+        state.sse().clients.fetch_add(1, Ordering::Relaxed);
+        ClientGuard(state)
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.sse().clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Follower {
+    state: AppState,
+    live: broadcast::Receiver<Arc<StoredEvent>>,
+    closing: watch::Receiver<bool>,
+    filter: Filter,
+    done: u64,
+    pending: VecDeque<Item>,
+    /// Set while the store must be read after `done` before live events may follow; the reason
+    /// is what a hole found there is called.
+    catch_up: Option<GapReason>,
+    _client: ClientGuard,
+}
+
+impl Follower {
+    /// Follows events matching `filter`: those after `after` first, if given, then live ones.
+    ///
+    /// An `after` newer than the newest stored event (a client from before a restart, when ids
+    /// began again at 1) is treated as the newest, so that client is not silenced.
+    pub fn new(state: AppState, filter: Filter, after: Option<u64>) -> Self {
+        let live = state.subscribe();
+        let closing = state.closing();
+        let newest = state.store().newest_id().unwrap_or(0);
+        let (done, catch_up) = match after {
+            Some(after) => (after.min(newest), Some(GapReason::Evicted)),
+            None => (newest, None),
+        };
+        Follower {
+            _client: ClientGuard::new(state.clone()),
+            state,
+            live,
+            closing,
+            filter,
+            done,
+            pending: VecDeque::new(),
+            catch_up,
+        }
+    }
+
+    /// The next event or gap; `None` when the service shuts down.
+    pub async fn next(&mut self) -> Option<Item> {
+        loop {
+            if *self.closing.borrow() {
+                return None;
+            }
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if let Some(reason) = self.catch_up {
+                self.read_store(reason);
+                continue;
+            }
+            let received = tokio::select! {
+                // Whether closing was set or its sender is gone, the service is going away.
+                _ = self.closing.wait_for(|closing| *closing) => return None,
+                received = self.live.recv() => received,
+            };
+            match received {
+                Ok(event) if event.id <= self.done => {}
+                Ok(event) if event.id == self.done + 1 => {
+                    self.done = event.id;
+                    if self.filter.matches(&event) {
+                        return Some(Item::Event(event));
+                    }
+                }
+                // Broadcasts arrive in id order without holes, but if one ever skipped, the
+                // store (which every event reaches before the broadcast) fills it in.
+                Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up = Some(GapReason::Lagged),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Queues the next chunk of stored events after `done`, and a gap first if the store has
+    /// evicted some of them.
+    fn read_store(&mut self, reason: GapReason) {
+        let store = self.state.store();
+        let (Some(oldest), Some(newest)) = (store.oldest_id(), store.newest_id()) else {
+            self.catch_up = None;
+            return;
+        };
+        if self.done < oldest - 1 {
+            let missed = oldest - 1 - self.done;
+            self.state.sse().record_gap(reason, missed);
+            self.done = oldest - 1;
+            self.pending.push_back(Item::Gap {
+                missed,
+                reason,
+                last_id: self.done,
+            });
+        }
+        let last = self.done.saturating_add(CATCH_UP_CHUNK).min(newest);
+        for event in store.range(self.done + 1, last) {
+            if self.filter.matches(event) {
+                self.pending.push_back(Item::Event(event.clone()));
+            }
+        }
+        self.done = self.done.max(last);
+        // A hole found in a later chunk means the client fell behind while catching up.
+        self.catch_up = (self.done < newest).then_some(GapReason::Lagged);
+    }
+}

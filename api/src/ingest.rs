@@ -1,0 +1,219 @@
+//! The ingest task: the one writer of the store, and the one place ids are assigned.
+//!
+//! It takes the port server's outputs from a bounded channel, turns the ones that are stored
+//! into JSON (once), appends them to the store and publishes them to live streams. It never
+//! waits on an HTTP client: the store lock is held only for an append, and a broadcast send
+//! never blocks (a slow stream lags on its own instead).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lpcmon_protocol::server::{Output, ProducerInfo};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, trace, warn};
+
+use crate::json::{self, Record};
+use crate::state::AppState;
+use crate::store::StoredEvent;
+use crate::timefmt::now_ns;
+
+/// Starts the ingest task. Call it once per [`AppState`]: the task owns id assignment. It ends
+/// when every sender of `rx` is dropped.
+pub fn spawn_ingest(state: AppState, rx: mpsc::Receiver<Output>) -> JoinHandle<()> {
+    tokio::spawn(run(state, rx))
+}
+
+async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
+    let next_id = state.store().newest_id().map_or(1, |id| id + 1);
+    let mut ingest = Ingest {
+        state,
+        next_id,
+        malformed_log: LogLimit::new(),
+        refused_log: LogLimit::new(),
+        loss_log: LogLimit::new(),
+    };
+    while let Some(output) = rx.recv().await {
+        ingest.handle(output);
+    }
+    debug!("ingest channel closed");
+}
+
+/// Lets through a few log lines per period and counts the rest, so a flood of bad input
+/// cannot flood the log, and the next line says how many were left out.
+struct LogLimit {
+    period_start: Instant,
+    in_period: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const PERIOD: Duration = Duration::from_secs(10);
+    const PER_PERIOD: u32 = 10;
+
+    fn new() -> Self {
+        LogLimit {
+            period_start: Instant::now(),
+            in_period: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(lines left out since the last one logged)` if this line may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        if self.period_start.elapsed() >= Self::PERIOD {
+            self.period_start = Instant::now();
+            self.in_period = 0;
+        }
+        if self.in_period < Self::PER_PERIOD {
+            self.in_period += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+struct Ingest {
+    state: AppState,
+    next_id: u64,
+    malformed_log: LogLimit,
+    refused_log: LogLimit,
+    loss_log: LogLimit,
+}
+
+impl Ingest {
+    fn handle(&mut self, output: Output) {
+        let now = now_ns();
+        let second = self.state.uptime_seconds();
+        match output {
+            Output::Event {
+                producer,
+                event,
+                transport,
+            } => {
+                self.state
+                    .stats()
+                    .on_event(&producer, event.header.seq, transport.bytes, now);
+                self.store(&producer, |id| {
+                    json::event(id, now, &producer, &event, &transport)
+                });
+            }
+            Output::Loss { producer, loss } => {
+                if let Some(suppressed) = self.loss_log.allow() {
+                    warn!(
+                        producer = %producer.instance_hex, kind = producer.kind.name(),
+                        stage = loss.stage.name(), count = loss.count,
+                        first_seq = loss.first_seq, last_seq = loss.last_seq, suppressed,
+                        "events lost"
+                    );
+                }
+                self.state.stats().on_loss(&producer, &loss, second, now);
+                self.store(&producer, |id| json::loss(id, now, &producer, &loss));
+            }
+            Output::Connected(producer) => {
+                info!(
+                    producer = %producer.instance_hex, kind = producer.kind.name(),
+                    os = %producer.os, client_pid = producer.client_pid, "producer connected"
+                );
+                self.state.stats().on_connect(&producer, now);
+                self.store(&producer, |id| json::connect(id, now, &producer));
+            }
+            Output::Disconnected { producer, reason } => {
+                info!(
+                    producer = %producer.instance_hex, kind = producer.kind.name(), reason,
+                    "producer disconnected"
+                );
+                self.state.stats().on_disconnect(&producer, reason, now);
+                self.store(&producer, |id| json::disconnect(id, now, &producer, reason));
+            }
+            Output::Heartbeat { producer, heartbeat } => {
+                trace!(producer = %producer.instance_hex, ?heartbeat, "heartbeat");
+                self.state.stats().on_heartbeat(&producer, &heartbeat, now);
+            }
+            Output::Stale {
+                producer,
+                seq,
+                duplicate,
+            } => {
+                debug!(producer = %producer.instance_hex, seq, duplicate, "stale message");
+                self.state.stats().on_stale(&producer, duplicate, now);
+            }
+            Output::Malformed {
+                producer,
+                client_pid,
+                error,
+            } => {
+                if let Some(suppressed) = self.malformed_log.allow() {
+                    warn!(
+                        producer = producer.as_ref().map(|p| p.instance_hex.as_str()),
+                        client_pid, %error, suppressed, "malformed message"
+                    );
+                }
+                self.state.stats().on_malformed(producer.as_ref(), now);
+            }
+            Output::Refused {
+                client_pid,
+                reason,
+                detail,
+            } => {
+                if let Some(suppressed) = self.refused_log.allow() {
+                    warn!(client_pid, reason = reason.name(), %detail, suppressed, "connection refused");
+                }
+                self.state.stats().on_refused(reason);
+            }
+        }
+    }
+
+    /// Stores one record under the next id and publishes it. Stats are updated before the
+    /// event becomes visible, so a reader that sees the event also sees it counted.
+    fn store(
+        &mut self,
+        producer: &Arc<ProducerInfo>,
+        build: impl FnOnce(u64) -> Result<Record, serde_json::Error>,
+    ) {
+        let id = self.next_id;
+        let record = match build(id) {
+            Ok(record) => record,
+            Err(e) => {
+                // Serialising structs of strings and integers cannot fail; if it ever does,
+                // the id is not used (ids stay dense) and the failure is counted and logged.
+                error!(producer = %producer.instance_hex, error = %e, "could not encode an event");
+                self.state.stats().on_encode_error();
+                return;
+            }
+        };
+        self.state
+            .stats()
+            .on_stored(record.kind, self.state.uptime_seconds());
+        let event = Arc::new(StoredEvent {
+            id,
+            kind: record.kind,
+            pid: record.pid,
+            producer: producer.clone(),
+            search: record.search.into(),
+            json: record.json.into(),
+        });
+        self.state.store_mut().push(event.clone());
+        self.next_id += 1;
+        self.state.publish(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limit_counts_what_it_suppresses() {
+        let mut l = LogLimit::new();
+        for _ in 0..LogLimit::PER_PERIOD {
+            assert_eq!(l.allow(), Some(0));
+        }
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        l.period_start -= LogLimit::PERIOD;
+        assert_eq!(l.allow(), Some(2));
+    }
+}

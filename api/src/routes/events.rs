@@ -1,0 +1,111 @@
+//! `GET /events` and `GET /events/{id}`: keyset pages and single events from the store.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::page::{Page, page};
+use crate::query::EventsQuery;
+use crate::state::AppState;
+
+const NDJSON: &str = "application/x-ndjson";
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case(NDJSON))
+        })
+}
+
+fn id_or_null(id: Option<u64>) -> String {
+    id.map_or_else(|| "null".to_owned(), |id| id.to_string())
+}
+
+/// The page as one JSON object. The events are the stored JSON texts joined as they are:
+/// serialised once at ingest, never again.
+fn json_body(page: &Page) -> String {
+    let events_len: usize = page.events.iter().map(|e| e.json.len() + 1).sum();
+    let mut body = String::with_capacity(events_len + 96);
+    body.push_str(r#"{"events":["#);
+    for (i, event) in page.events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&event.json);
+    }
+    body.push_str(r#"],"next_after":"#);
+    body.push_str(&id_or_null(page.next_after));
+    body.push_str(r#","oldest_id":"#);
+    body.push_str(&id_or_null(page.oldest_id));
+    body.push_str(r#","newest_id":"#);
+    body.push_str(&id_or_null(page.newest_id));
+    body.push('}');
+    body
+}
+
+/// One event per line; the page's metadata travels in headers.
+fn ndjson_response(page: &Page) -> Response {
+    let mut body = String::with_capacity(page.events.iter().map(|e| e.json.len() + 1).sum());
+    for event in &page.events {
+        body.push_str(&event.json);
+        body.push('\n');
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    for (name, id) in [
+        ("x-next-after", page.next_after),
+        ("x-oldest-id", page.oldest_id),
+        ("x-newest-id", page.newest_id),
+    ] {
+        if let Some(id) = id {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(id));
+        }
+    }
+    (headers, body).into_response()
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = EventsQuery::parse(raw.as_deref())?;
+    let page = page(&state, &query);
+    if wants_ndjson(&headers) {
+        return Ok(ndjson_response(&page));
+    }
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        json_body(&page),
+    )
+        .into_response())
+}
+
+pub async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("an event id is a positive integer, not {id:?}")))?;
+    let store = state.store();
+    let Some(event) = store.get(id) else {
+        let held = match (store.oldest_id(), store.newest_id()) {
+            (Some(oldest), Some(newest)) => format!("the store holds ids {oldest} to {newest}"),
+            _ => "the store is empty".to_owned(),
+        };
+        return Err(ApiError::NotFound(format!("no event with id {id}: {held}")));
+    };
+    let json = event.json.to_string();
+    drop(store);
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        json,
+    )
+        .into_response())
+}

@@ -1,0 +1,172 @@
+//! The one shared state every handler and the ingest task hold.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::config::ApiConfig;
+use crate::stats::Stats;
+use crate::store::{Store, StoredEvent};
+use crate::timefmt::now_ns;
+
+/// Why an SSE stream told its client about a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The client asked to resume from events the store no longer holds.
+    Evicted,
+    /// The client fell behind the live stream and the store evicted events before it caught up.
+    Lagged,
+}
+
+impl GapReason {
+    pub const ALL: [GapReason; 2] = [GapReason::Evicted, GapReason::Lagged];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GapReason::Evicted => "evicted",
+            GapReason::Lagged => "lagged",
+        }
+    }
+}
+
+/// SSE counters, kept outside the stats lock because streams update them, not ingest.
+#[derive(Debug, Default)]
+pub struct SseCounters {
+    pub clients: AtomicU64,
+    gaps: [AtomicU64; 2],
+    missed: [AtomicU64; 2],
+}
+
+impl SseCounters {
+    pub fn record_gap(&self, reason: GapReason, missed: u64) {
+        self.gaps[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.missed[reason as usize].fetch_add(missed, Ordering::Relaxed);
+    }
+
+    pub fn gaps(&self, reason: GapReason) -> u64 {
+        self.gaps[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn missed(&self, reason: GapReason) -> u64 {
+        self.missed[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: ApiConfig,
+    pub store: RwLock<Store>,
+    pub stats: Mutex<Stats>,
+    /// New events, for live SSE streams. Bounded: a slow receiver lags instead of holding
+    /// the sender back.
+    pub live: broadcast::Sender<Arc<StoredEvent>>,
+    pub sse: SseCounters,
+    /// Set once the service is shutting down: every SSE stream ends.
+    pub closing: watch::Sender<bool>,
+    pub notices: RwLock<Vec<String>>,
+    pub started: Instant,
+    pub started_ns: u64,
+}
+
+/// The service's state: configuration, store, counters and the live broadcast. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Shared>);
+
+// A panic while a lock was held cannot leave these structures half-updated in a way that
+// matters more than stopping the service would, so a poisoned lock is used as it is.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AppState {
+    pub fn new(config: ApiConfig) -> Self {
+        let (live, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        AppState(Arc::new(Shared {
+            store: RwLock::new(Store::new(config.retain, config.retain_bytes)),
+            stats: Mutex::new(Stats::new(config.max_producers)),
+            live,
+            sse: SseCounters::default(),
+            closing: watch::Sender::new(false),
+            notices: RwLock::new(Vec::new()),
+            started: Instant::now(),
+            started_ns: now_ns(),
+            config,
+        }))
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.0.config
+    }
+
+    /// Adds a line to `/stats` `notices`, e.g. how to attach a sensor that is not running.
+    /// Adding the same text twice keeps one copy.
+    pub fn add_notice(&self, text: impl Into<String>) {
+        let text = text.into();
+        let mut notices = write(&self.0.notices);
+        if !notices.contains(&text) {
+            notices.push(text);
+        }
+    }
+
+    /// Removes a notice added earlier, once it no longer applies.
+    pub fn remove_notice(&self, text: &str) {
+        write(&self.0.notices).retain(|n| n != text);
+    }
+
+    /// Ends every SSE stream, now and from now on. Streams never end by themselves, so call
+    /// this when shutdown begins, or a graceful shutdown waits for every open dashboard.
+    pub fn close_streams(&self) {
+        self.0.closing.send_replace(true);
+    }
+
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.0.closing.subscribe()
+    }
+
+    pub(crate) fn notices(&self) -> Vec<String> {
+        read(&self.0.notices).clone()
+    }
+
+    pub(crate) fn store(&self) -> RwLockReadGuard<'_, Store> {
+        read(&self.0.store)
+    }
+
+    pub(crate) fn store_mut(&self) -> RwLockWriteGuard<'_, Store> {
+        write(&self.0.store)
+    }
+
+    pub(crate) fn stats(&self) -> MutexGuard<'_, Stats> {
+        self.0.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn sse(&self) -> &SseCounters {
+        &self.0.sse
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.0.live.subscribe()
+    }
+
+    pub(crate) fn publish(&self, event: Arc<StoredEvent>) {
+        // An error only means no stream is listening right now; the store has the event.
+        let _ = self.0.live.send(event);
+    }
+
+    /// Whole seconds since the state was created, the clock of the rate windows.
+    pub(crate) fn uptime_seconds(&self) -> u64 {
+        self.0.started.elapsed().as_secs()
+    }
+
+    pub(crate) fn uptime(&self) -> f64 {
+        self.0.started.elapsed().as_secs_f64()
+    }
+
+    pub(crate) fn started_ns(&self) -> u64 {
+        self.0.started_ns
+    }
+}

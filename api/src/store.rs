@@ -1,0 +1,199 @@
+//! The event store: a ring bounded by event count and by bytes (invariant 2).
+//!
+//! Ids are dense (every stored event takes the next one), so the ring is a `VecDeque` and an
+//! id's slot is `id - oldest_id`: lookups are O(1) and a page is a slice. Events are shared as
+//! `Arc`s with the SSE broadcast, so a slow stream holds no copy of its own.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use lpcmon_protocol::server::ProducerInfo;
+
+use crate::kind::Kind;
+
+/// One stored event: its JSON, serialised once at ingest, and what filters look at.
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub id: u64,
+    pub kind: Kind,
+    /// `process.pid`, for events that have one.
+    pub pid: Option<u32>,
+    pub producer: Arc<ProducerInfo>,
+    /// Lowercased executable, command line and image path joined by `\n`, for `q`.
+    pub search: Box<str>,
+    pub json: Box<str>,
+}
+
+impl StoredEvent {
+    /// What the event costs against `retain_bytes`: its JSON, its search text and the slot.
+    /// The `ProducerInfo` is shared by all of a session's events and is not counted per event.
+    pub fn cost(&self) -> usize {
+        self.json.len() + self.search.len() + size_of::<Self>() + size_of::<Arc<Self>>()
+    }
+}
+
+/// Where the store stands, for `/stats`, `/metrics` and page metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub events: usize,
+    pub bytes: usize,
+    pub oldest_id: Option<u64>,
+    pub newest_id: Option<u64>,
+    pub evicted: u64,
+    pub stored_total: u64,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    events: VecDeque<Arc<StoredEvent>>,
+    bytes: usize,
+    retain: usize,
+    retain_bytes: usize,
+    evicted: u64,
+    stored_total: u64,
+}
+
+impl Store {
+    /// A store keeping at most `retain` events and `retain_bytes` bytes. It always keeps the
+    /// newest event, even one larger than `retain_bytes`, so what was just stored can be read.
+    pub fn new(retain: usize, retain_bytes: usize) -> Self {
+        Store {
+            events: VecDeque::new(),
+            bytes: 0,
+            retain: retain.max(1),
+            retain_bytes,
+            evicted: 0,
+            stored_total: 0,
+        }
+    }
+
+    /// Appends the next event (its id must be the newest plus one) and evicts the oldest
+    /// events until the store is within its limits again.
+    pub fn push(&mut self, event: Arc<StoredEvent>) {
+        debug_assert!(
+            self.newest_id().is_none_or(|n| n + 1 == event.id),
+            "ids must be dense"
+        );
+        self.bytes += event.cost();
+        self.events.push_back(event);
+        self.stored_total += 1;
+        while self.events.len() > 1 && (self.events.len() > self.retain || self.bytes > self.retain_bytes) {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.cost();
+                self.evicted += 1;
+            }
+        }
+    }
+
+    pub fn oldest_id(&self) -> Option<u64> {
+        self.events.front().map(|e| e.id)
+    }
+
+    pub fn newest_id(&self) -> Option<u64> {
+        self.events.back().map(|e| e.id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Arc<StoredEvent>> {
+        let slot = id.checked_sub(self.oldest_id()?)?;
+        self.events.get(usize::try_from(slot).ok()?)
+    }
+
+    /// The held events with ids in `first..=last`, ascending.
+    pub fn range(&self, first: u64, last: u64) -> impl DoubleEndedIterator<Item = &Arc<StoredEvent>> {
+        let slots = match (self.oldest_id(), self.newest_id()) {
+            (Some(oldest), Some(newest)) if first <= last && first <= newest && last >= oldest => {
+                let start = first.max(oldest) - oldest;
+                let end = last.min(newest) - oldest;
+                // Both are below `events.len()`, which is a usize.
+                start as usize..end as usize + 1
+            }
+            _ => 0..0,
+        };
+        self.events.range(slots)
+    }
+
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            events: self.events.len(),
+            bytes: self.bytes,
+            oldest_id: self.oldest_id(),
+            newest_id: self.newest_id(),
+            evicted: self.evicted,
+            stored_total: self.stored_total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lpcmon_protocol::message::ProducerKind;
+
+    fn producer() -> Arc<ProducerInfo> {
+        Arc::new(ProducerInfo {
+            conn: 1,
+            kind: ProducerKind::Loadgen,
+            instance: [1; 16],
+            instance_hex: "01".repeat(16),
+            version: 1,
+            os: String::new(),
+            os_build: 0,
+            client_pid: 1,
+            max_message: 1024,
+            connected_at: 0,
+        })
+    }
+
+    fn event(id: u64, json_len: usize) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
+            id,
+            kind: Kind::Loss,
+            pid: None,
+            producer: producer(),
+            search: "".into(),
+            json: "x".repeat(json_len).into(),
+        })
+    }
+
+    #[test]
+    fn evicts_by_count_and_counts_evictions() {
+        let mut s = Store::new(3, usize::MAX);
+        for id in 1..=5 {
+            s.push(event(id, 10));
+        }
+        let o = s.occupancy();
+        assert_eq!((o.events, o.oldest_id, o.newest_id), (3, Some(3), Some(5)));
+        assert_eq!((o.evicted, o.stored_total), (2, 5));
+        assert!(s.get(2).is_none());
+        assert_eq!(s.get(4).map(|e| e.id), Some(4));
+        assert!(s.get(6).is_none());
+    }
+
+    #[test]
+    fn evicts_by_bytes_but_keeps_the_newest() {
+        let one = event(1, 100).cost();
+        let mut s = Store::new(100, one * 2);
+        for id in 1..=4 {
+            s.push(event(id, 100));
+        }
+        assert_eq!(s.occupancy().events, 2);
+        assert_eq!(s.occupancy().bytes, one * 2);
+        s.push(event(5, one * 10));
+        let o = s.occupancy();
+        assert_eq!((o.events, o.oldest_id, o.evicted), (1, Some(5), 4));
+    }
+
+    #[test]
+    fn range_clamps_to_what_is_held() {
+        let mut s = Store::new(5, usize::MAX);
+        for id in 1..=8 {
+            s.push(event(id, 1));
+        }
+        let ids = |a, b| s.range(a, b).map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(1, 5), vec![4, 5]);
+        assert_eq!(ids(7, 100), vec![7, 8]);
+        assert_eq!(ids(9, 100), Vec::<u64>::new());
+        assert_eq!(ids(6, 5), Vec::<u64>::new());
+        assert_eq!(ids(0, 2), Vec::<u64>::new());
+    }
+}

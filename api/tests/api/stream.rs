@@ -1,0 +1,235 @@
+//! `GET /events/stream`: replay, live delivery, gaps (evicted and lagged), keep-alive,
+//! headers and compression.
+
+use std::io::Read;
+use std::time::Duration;
+
+use lpcmon_api::ApiConfig;
+use lpcmon_protocol::message::ProducerKind;
+use tokio::time::timeout;
+
+use crate::common::*;
+
+fn small(retain: usize) -> ApiConfig {
+    ApiConfig {
+        retain,
+        ..ApiConfig::default()
+    }
+}
+
+/// Sends `n` events (seq `first..first+n`), alternating exec and exit.
+async fn send_events(s: &Server, first: u64, n: u64) {
+    let p = producer(ProducerKind::Loadgen, 7);
+    for seq in first..first + n {
+        let pid = 1000 + seq as u32;
+        if seq % 2 == 0 {
+            s.send(exit(&p, seq, pid, 0)).await;
+        } else {
+            s.send(exec(&p, seq, pid, "/bin/x", "x")).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn replays_from_last_event_id_then_goes_live_without_duplicates() {
+    let s = Server::start(ApiConfig::default()).await;
+    send_events(&s, 1, 5).await;
+    s.wait_stored(5).await;
+
+    let mut sse = s.sse("/events/stream?after=1", &[("last-event-id", "2")]).await;
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    assert_eq!(sse.headers["cache-control"], "no-cache");
+    assert_eq!(sse.headers["x-accel-buffering"], "no");
+    let first = sse.frame(WAIT).await.unwrap();
+    assert_eq!(first.retry.as_deref(), Some("2000"));
+    for id in 3..=5 {
+        let f = sse.event().await;
+        assert_eq!(f.id(), id, "Last-Event-ID wins over ?after=");
+        assert_eq!(f.json()["id"], id);
+        assert_eq!(f.event.as_deref(), f.json()["kind"].as_str());
+    }
+    send_events(&s, 6, 3).await;
+    for id in 6..=8 {
+        assert_eq!(sse.event().await.id(), id);
+    }
+    // Nothing more, in particular no repeat of a replayed event.
+    assert!(sse.frame(Duration::from_millis(300)).await.is_none());
+
+    // `?after=` alone, with a filter, replays and follows only what matches.
+    let mut exits = s.sse("/events/stream?after=0&kind=process.exit", &[]).await;
+    for id in [2, 4, 6, 8] {
+        assert_eq!(exits.event().await.id(), id);
+    }
+    send_events(&s, 9, 2).await;
+    assert_eq!(exits.event().await.id(), 10);
+}
+
+#[tokio::test]
+async fn without_a_position_the_stream_starts_live() {
+    let s = Server::start(ApiConfig::default()).await;
+    send_events(&s, 1, 3).await;
+    s.wait_stored(3).await;
+    let mut sse = s.sse("/events/stream", &[]).await;
+    send_events(&s, 4, 1).await;
+    assert_eq!(sse.event().await.id(), 4);
+    // A position from before a restart (newer than anything stored) does not silence a client.
+    let mut future = s.sse("/events/stream", &[("last-event-id", "1000")]).await;
+    send_events(&s, 5, 1).await;
+    assert_eq!(future.event().await.id(), 5);
+}
+
+#[tokio::test]
+async fn resuming_from_evicted_events_reports_an_exact_gap() {
+    let s = Server::start(small(5)).await;
+    send_events(&s, 1, 20).await;
+    s.wait_stored(20).await;
+
+    let mut sse = s.sse("/events/stream?after=3", &[]).await;
+    let gap = sse.event().await;
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    assert_eq!(gap.json(), serde_json::json!({"missed": 12, "reason": "evicted"}));
+    assert_eq!(gap.id(), 15, "a gap's id is the last id it covers");
+    for id in 16..=20 {
+        assert_eq!(sse.event().await.id(), id);
+    }
+
+    // Filtered: the evicted ids can no longer be matched, so all of them count.
+    let mut exits = s.sse("/events/stream?after=0&kind=process.exit", &[]).await;
+    let gap = exits.event().await;
+    assert_eq!(gap.json(), serde_json::json!({"missed": 15, "reason": "evicted"}));
+    for id in [16, 18, 20] {
+        assert_eq!(exits.event().await.id(), id);
+    }
+
+    let (_, stats) = s.get_json("/stats").await;
+    assert_eq!(stats["sse"]["gaps"]["evicted"], 2);
+    assert_eq!(stats["sse"]["missed"]["evicted"], 27);
+    assert_eq!(stats["sse"]["clients"], 2);
+    drop((sse, exits));
+}
+
+#[tokio::test]
+async fn a_slow_client_is_told_exactly_what_it_missed() {
+    // A tiny live buffer and store, and events big enough that the socket buffers fill long
+    // before the producer is done, so the stream really falls behind.
+    let s = Server::start(ApiConfig {
+        retain: 16,
+        broadcast_capacity: 4,
+        ..ApiConfig::default()
+    })
+    .await;
+    let p = producer(ProducerKind::Loadgen, 9);
+    let big = "x".repeat(64 * 1024);
+    const TOTAL: u64 = 300;
+
+    let mut sse = s.sse("/events/stream", &[]).await;
+    for seq in 1..=TOTAL {
+        s.send(exec(&p, seq, seq as u32, "/bin/big", &big)).await;
+    }
+    s.wait_stored(TOTAL).await;
+
+    // Now read everything: every id arrives once, in order, or is inside a gap.
+    let mut next = 1;
+    let mut lagged = 0;
+    while next <= TOTAL {
+        let frame = timeout(WAIT, sse.event()).await.expect("stream stalled");
+        if frame.event.as_deref() == Some("gap") {
+            let gap = frame.json();
+            assert_eq!(gap["reason"], "lagged");
+            let missed = gap["missed"].as_u64().unwrap();
+            next += missed;
+            lagged += missed;
+            assert_eq!(frame.id(), next - 1);
+        } else {
+            assert_eq!(frame.id(), next);
+            next += 1;
+        }
+    }
+    assert_eq!(next, TOTAL + 1);
+    assert!(
+        lagged > 0,
+        "the client never lagged; the test did not test anything"
+    );
+    let (_, stats) = s.get_json("/stats").await;
+    assert_eq!(stats["sse"]["missed"]["lagged"], lagged);
+}
+
+#[tokio::test]
+async fn keepalive_comments_arrive_on_an_idle_stream() {
+    let s = Server::start(ApiConfig {
+        keepalive: Duration::from_millis(200),
+        ..ApiConfig::default()
+    })
+    .await;
+    let mut sse = s.sse("/events/stream", &[]).await;
+    let mut comments = 0;
+    for _ in 0..10 {
+        let frame = sse
+            .frame(Duration::from_secs(2))
+            .await
+            .expect("nothing on an idle stream");
+        comments += frame.comments.iter().filter(|c| *c == "keep-alive").count();
+        if comments >= 2 {
+            break;
+        }
+    }
+    assert!(comments >= 2);
+}
+
+#[tokio::test]
+async fn the_stream_is_never_compressed_but_pages_are() {
+    let s = Server::start(ApiConfig::default()).await;
+    send_events(&s, 1, 30).await;
+    s.wait_stored(30).await;
+
+    let page = s
+        .client
+        .get(s.url("/events"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()["content-encoding"], "gzip");
+    let compressed = page.bytes().await.unwrap();
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut json)
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(ids(&page).len(), 30);
+
+    let mut sse = s
+        .sse("/events/stream?after=28", &[("accept-encoding", "gzip")])
+        .await;
+    assert!(sse.headers.get("content-encoding").is_none());
+    assert_eq!(sse.event().await.id(), 29);
+    assert_eq!(sse.event().await.id(), 30);
+    send_events(&s, 31, 1).await;
+    assert_eq!(
+        sse.event().await.id(),
+        31,
+        "live events arrive at once, not buffered"
+    );
+}
+
+#[tokio::test]
+async fn closing_streams_ends_them_so_shutdown_can_finish() {
+    let s = Server::start(ApiConfig::default()).await;
+    let mut open = s.sse("/events/stream", &[]).await;
+    assert_eq!(open.frame(WAIT).await.unwrap().retry.as_deref(), Some("2000"));
+    s.state.close_streams();
+    timeout(WAIT, async {
+        while open.frame(Duration::from_secs(60)).await.is_some() {}
+    })
+    .await
+    .expect("the stream did not end");
+    let (_, stats) = s.get_json("/stats").await;
+    assert_eq!(stats["sse"]["clients"], 0);
+    // A stream opened after shutdown began ends at once too.
+    let mut late = s.sse("/events/stream", &[]).await;
+    timeout(WAIT, async {
+        while late.frame(Duration::from_secs(60)).await.is_some() {}
+    })
+    .await
+    .expect("a late stream did not end");
+}

@@ -195,20 +195,20 @@ impl Server {
 }
 
 fn find_binary(env: &str, names: &[&str]) -> PathBuf {
-    if let Some(path) = std::env::var_os(env) {
-        return path.into();
-    }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the dashboard test needs {} on PATH (or {env} set): on Debian/Ubuntu, \
-                 `apt-get install chromium chromium-driver`. Set LPCMON_SKIP_BROWSER=1 to skip it explicitly.",
-                names.join(" or ")
-            )
-        })
+    let found = match std::env::var_os(env) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => std::env::split_paths(&path)
+            .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+            .find(|p| p.is_file()),
+    };
+    found.unwrap_or_else(|| {
+        panic!(
+            "the dashboard test needs {} on PATH (or {env} naming it): on Debian/Ubuntu, \
+             `apt-get install chromium chromium-driver`. Set LPCMON_SKIP_BROWSER=1 to skip it explicitly.",
+            names.join(" or ")
+        )
+    })
 }
 
 /// Headless Chromium behind its own chromedriver, with a fresh profile.

@@ -5,7 +5,7 @@
 //! 1. [`AppState::new`] with an [`ApiConfig`];
 //! 2. [`spawn_ingest`] with the receiving end of the bounded channel the port server's
 //!    dispatcher feeds with [`Output`](lpcmon_protocol::server::Output)s;
-//! 3. [`router`] served by axum.
+//! 3. [`serve`] (or [`router`] in your own axum server).
 //!
 //! The ingest task is the store's only writer and assigns every stored event the next id, so
 //! ids start at 1 and are dense. Each event is serialised to JSON once, at ingest; pages and
@@ -26,6 +26,7 @@ mod page;
 mod query;
 mod report;
 mod routes;
+mod serve;
 mod state;
 mod stats;
 mod store;
@@ -34,4 +35,5 @@ mod timefmt;
 pub use config::ApiConfig;
 pub use ingest::spawn_ingest;
 pub use routes::{router, routes};
+pub use serve::serve;
 pub use state::AppState;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
-use axum::serve::ListenerExt;
 use clap::Parser;
 use lpcmon_api::{ApiConfig, AppState};
 use lpcmon_protocol::server::ServerConfig;
@@ -98,21 +97,7 @@ async fn serve_until(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, port = %port, "lpcmon serving: try `curl -s http://{}/events`", args.listen);
-    // Events are small writes that must leave at once: without TCP_NODELAY, Nagle and delayed
-    // ACKs held SSE frames back by up to ~40 ms (measured by the pipeline bench).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let streams = state.clone();
-    axum::serve(listener, lpcmon_api::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // SSE streams never end by themselves; without this an open dashboard would hold
-            // the shutdown for ever.
-            streams.close_streams();
-        })
+    lpcmon_api::serve(listener, state, shutdown)
         .await
         .context("HTTP server failed")?;
 

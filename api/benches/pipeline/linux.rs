@@ -41,7 +41,7 @@ use alpc_server::dispatch::{Dispatcher, PortCounters};
 use alpc_server::unix::{UnixPortConfig, UnixPortServer};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use lpcmon_api::{ApiConfig, AppState, router, spawn_ingest};
+use lpcmon_api::{ApiConfig, AppState, spawn_ingest};
 use lpcmon_protocol::ProducerKind;
 use lpcmon_protocol::server::ServerConfig;
 use lpcmon_sensor::loadgen::{self, LoadgenConfig};
@@ -348,13 +348,9 @@ async fn run_server_phases(dir: &Path, client_rt: &tokio::runtime::Runtime) -> R
         .map_err(|e| format!("bind: {e}"))?;
     let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let http_server = tokio::spawn(
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let http_server = tokio::spawn(lpcmon_api::serve(listener, state.clone(), async {
+        let _ = stop_rx.await;
+    }));
     let http = Http {
         base: base.clone(),
         client: reqwest::Client::builder()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use lpcmon_api::{ApiConfig, AppState, router, spawn_ingest};
+use lpcmon_api::{ApiConfig, AppState, spawn_ingest};
 use lpcmon_protocol::event::{Event, EventHeader, EventKind, Field, FieldType, FieldValue};
 use lpcmon_protocol::message::{Loss, LossStage, ProducerKind};
 use lpcmon_protocol::server::{Output, ProducerInfo, TransportInfo};
@@ -31,8 +31,7 @@ impl Server {
         spawn_ingest(state.clone(), rx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(lpcmon_api::serve(listener, state.clone(), std::future::pending()));
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(WAIT)

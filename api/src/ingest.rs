@@ -18,6 +18,9 @@ use crate::state::AppState;
 use crate::store::StoredEvent;
 use crate::timefmt::now_ns;
 
+/// Most outputs taken from the channel at once.
+const INGEST_BATCH: usize = 256;
+
 /// Starts the ingest task. Call it once per [`AppState`]: the task owns id assignment. It ends
 /// when every sender of `rx` is dropped.
 pub fn spawn_ingest(state: AppState, rx: mpsc::Receiver<Output>) -> JoinHandle<()> {
@@ -33,8 +36,12 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
         refused_log: LogLimit::new(),
         loss_log: LogLimit::new(),
     };
-    while let Some(output) = rx.recv().await {
-        ingest.handle(output);
+    // Take whatever is waiting in one go: one wake-up per batch instead of per event.
+    let mut batch = Vec::with_capacity(INGEST_BATCH);
+    while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
+        for output in batch.drain(..) {
+            ingest.handle(output);
+        }
     }
     debug!("ingest channel closed");
 }

@@ -298,17 +298,6 @@ fn run(seed: u64) -> (Ledger, u64) {
     );
     server.poll(now + 1_000 * STEP_NS, &mut outputs);
     ledger.absorb(&mut outputs);
-    if std::env::var("SIM_DEBUG").is_ok() {
-        eprintln!(
-            "worker {:?} pushed {pushed} queue produced {} dropped {}",
-            worker.stats(),
-            queue.produced(),
-            queue.dropped_total()
-        );
-        let mut r = ledger.resolved.clone();
-        r.sort();
-        eprintln!("resolved tail {:?}", &r[r.len().saturating_sub(5)..]);
-    }
     assert_eq!(worker.stats().unreported, 0, "seed {seed}");
     assert_eq!(server.held_events(), 0, "seed {seed}");
     (ledger, queue.produced())

@@ -4,9 +4,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
+use nix::sys::socket::{self, MsgFlags, UnixAddr, sockopt};
 
-use super::{io_err, timeval};
+use super::{io_err, seqpacket_socket, timeval};
 use crate::client::{PortConnection, PortError, read_hello_reply};
 
 pub struct UnixPortConnection {
@@ -22,13 +22,7 @@ impl UnixPortConnection {
     /// Connects to the port at `path` and performs the handshake: sends `hello`, waits at most
     /// `timeout` for the reply.
     pub fn connect(path: &Path, hello: &[u8], timeout: Duration) -> Result<Self, PortError> {
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(io_err("socket"))?;
+        let fd = seqpacket_socket()?;
         let addr = UnixAddr::new(path).map_err(io_err("socket path"))?;
         match socket::connect(fd.as_raw_fd(), &addr) {
             Ok(()) => {}

@@ -23,3 +23,15 @@ fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> crate::client::PortE
         source: std::io::Error::from(e),
     }
 }
+
+/// A new `SOCK_SEQPACKET` Unix socket.
+fn seqpacket_socket() -> Result<std::os::fd::OwnedFd, crate::client::PortError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io_err("socket"))
+}

@@ -22,10 +22,10 @@ use std::time::Duration;
 use lpcmon_protocol::message::{HelloReply, MIN_VERSION, VERSION};
 use lpcmon_protocol::server::{Action, ConnId};
 use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
-use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
+use nix::sys::socket::{self, Backlog, MsgFlags, SockFlag, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
-use super::{io_err, timeval};
+use super::{io_err, seqpacket_socket, timeval};
 use crate::client::PortError;
 use crate::dispatch::Dispatcher;
 
@@ -96,13 +96,7 @@ fn clear_stale_socket(path: &Path) -> Result<(), PortError> {
     if !path.exists() {
         return Ok(());
     }
-    let probe = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(io_err("socket"))?;
+    let probe = seqpacket_socket()?;
     let addr = UnixAddr::new(path).map_err(io_err("socket path"))?;
     if socket::connect(probe.as_raw_fd(), &addr).is_ok() {
         return Err(PortError::Io {
@@ -142,13 +136,7 @@ impl UnixPortServer {
             prepare_dir(dir, config.dir_mode)?;
         }
         clear_stale_socket(&config.path)?;
-        let listener = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(io_err("socket"))?;
+        let listener = seqpacket_socket()?;
         let addr = UnixAddr::new(&config.path).map_err(io_err("socket path"))?;
         socket::bind(listener.as_raw_fd(), &addr).map_err(io_err("bind"))?;
         fs::set_permissions(&config.path, fs::Permissions::from_mode(config.socket_mode)).map_err(

@@ -443,12 +443,17 @@ impl Server {
                         duplicate: true,
                     });
                 } else {
-                    match session.reassembly.push(now, &frag) {
-                        Push::Pending => {}
-                        Push::Duplicate => deliveries.push(Delivery::Stale {
-                            seq: frag.event_seq,
-                            duplicate: true,
-                        }),
+                    // `Some(error)` when this fragment's event is lost to reassembly, with the
+                    // decode error to report if there was one.
+                    let lost: Option<Option<DecodeError>> = match session.reassembly.push(now, &frag) {
+                        Push::Pending => None,
+                        Push::Duplicate => {
+                            deliveries.push(Delivery::Stale {
+                                seq: frag.event_seq,
+                                duplicate: true,
+                            });
+                            None
+                        }
                         Push::Complete(bytes) => match Message::decode(&bytes, self.config.max_event_len) {
                             Ok(Message::Event(view)) if view.header.seq == frag.event_seq => {
                                 let event = Event::from(&view);
@@ -460,49 +465,27 @@ impl Server {
                                     reorder_max,
                                     &mut deliveries,
                                 );
+                                None
                             }
-                            Ok(_) => {
-                                out.push(malformed(DecodeError::InvalidValue(
-                                    "reassembled message is not its event",
-                                )));
-                                inst.tracker.on_lost_range(
-                                    now,
-                                    LossStage::Reassembly,
-                                    (frag.event_seq, frag.event_seq),
-                                    reorder_max,
-                                    &mut deliveries,
-                                );
-                            }
-                            Err(e) => {
-                                out.push(malformed(e));
-                                inst.tracker.on_lost_range(
-                                    now,
-                                    LossStage::Reassembly,
-                                    (frag.event_seq, frag.event_seq),
-                                    reorder_max,
-                                    &mut deliveries,
-                                );
-                            }
+                            Ok(_) => Some(Some(DecodeError::InvalidValue(
+                                "reassembled message is not its event",
+                            ))),
+                            Err(e) => Some(Some(e)),
                         },
-                        Push::Invalid(why) => {
-                            out.push(malformed(DecodeError::InvalidValue(why)));
-                            inst.tracker.on_lost_range(
-                                now,
-                                LossStage::Reassembly,
-                                (frag.event_seq, frag.event_seq),
-                                reorder_max,
-                                &mut deliveries,
-                            );
+                        Push::Invalid(why) => Some(Some(DecodeError::InvalidValue(why))),
+                        Push::OverLimit => Some(None),
+                    };
+                    if let Some(error) = lost {
+                        if let Some(e) = error {
+                            out.push(malformed(e));
                         }
-                        Push::OverLimit => {
-                            inst.tracker.on_lost_range(
-                                now,
-                                LossStage::Reassembly,
-                                (frag.event_seq, frag.event_seq),
-                                reorder_max,
-                                &mut deliveries,
-                            );
-                        }
+                        inst.tracker.on_lost_range(
+                            now,
+                            LossStage::Reassembly,
+                            (frag.event_seq, frag.event_seq),
+                            reorder_max,
+                            &mut deliveries,
+                        );
                     }
                 }
             }

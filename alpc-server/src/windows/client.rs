@@ -121,6 +121,17 @@ fn adopt(handle: *mut std::ffi::c_void) -> Option<OwnedHandle> {
     (!handle.is_null()).then(|| unsafe { OwnedHandle::from_raw_handle(handle) })
 }
 
+/// Checks `data` against the agreed limit and frames it, with its header, in `message`.
+fn prepare(message: &mut MessageBuffer, limit: usize, data: &[u8]) -> Result<(), PortError> {
+    if data.len() > limit {
+        return Err(PortError::TooLong {
+            len: data.len(),
+            limit,
+        });
+    }
+    message.write(&send_header(data.len()), data)
+}
+
 /// A connection made with `NtAlpcConnectPort`.
 #[derive(Debug)]
 pub struct AlpcConnection {
@@ -185,13 +196,7 @@ impl AlpcConnection {
     }
 
     fn prepare(&mut self, data: &[u8]) -> Result<(), PortError> {
-        if data.len() > self.limit {
-            return Err(PortError::TooLong {
-                len: data.len(),
-                limit: self.limit,
-            });
-        }
-        self.message.write(&send_header(data.len()), data)
+        prepare(&mut self.message, self.limit, data)
     }
 }
 
@@ -339,13 +344,7 @@ impl LpcConnection {
     }
 
     fn prepare(&mut self, data: &[u8]) -> Result<(), PortError> {
-        if data.len() > self.limit {
-            return Err(PortError::TooLong {
-                len: data.len(),
-                limit: self.limit,
-            });
-        }
-        self.message.write(&send_header(data.len()), data)
+        prepare(&mut self.message, self.limit, data)
     }
 }
 

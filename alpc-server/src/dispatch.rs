@@ -138,12 +138,6 @@ impl Dispatcher {
         inner.scratch = outputs;
     }
 
-    /// Events held by the protocol waiting for missing sequence numbers, plus the backlog.
-    pub fn held(&self) -> (usize, usize) {
-        let inner = self.lock();
-        (inner.server.held_events(), inner.backlog.len())
-    }
-
     fn forward(&self, inner: &mut Inner, outputs: &mut Vec<Output>) {
         self.flush(inner);
         for output in outputs.drain(..) {

@@ -224,10 +224,6 @@ impl<const N: usize> Producer<N> {
         self.worker.unpark();
     }
 
-    pub fn queue_dropped(&self) -> u64 {
-        self.queue.dropped_total()
-    }
-
     /// Stops the worker: it drains and reports what it can within the grace period.
     pub fn stop(self) -> ProducerReport {
         self.stop.store(true, Ordering::Release);

@@ -69,9 +69,6 @@ pub fn port_data_limit(api: PortApi) -> Result<usize, PortError> {
 pub struct WindowsPortServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), PortError>>>,
-    api: PortApi,
-    port_name: String,
-    max_data: usize,
 }
 
 impl WindowsPortServer {
@@ -120,23 +117,7 @@ impl WindowsPortServer {
         Ok(WindowsPortServer {
             stop,
             thread: Some(thread),
-            api: config.api,
-            port_name: config.port_name,
-            max_data,
         })
-    }
-
-    pub fn api(&self) -> PortApi {
-        self.api
-    }
-
-    pub fn port_name(&self) -> &str {
-        &self.port_name
-    }
-
-    /// The largest data one message may carry on this port.
-    pub fn max_data(&self) -> usize {
-        self.max_data
     }
 
     /// Whether the receive loop has ended (after a stop, or because the port failed).

@@ -165,11 +165,4 @@ impl Reassembler {
         self.bytes = 0;
         core::mem::take(&mut self.partials).into_keys().collect()
     }
-
-    pub(crate) fn deadline(&self) -> Option<u64> {
-        self.partials
-            .values()
-            .map(|p| p.started.saturating_add(self.limits.timeout_ns))
-            .min()
-    }
 }

@@ -250,11 +250,6 @@ impl<T> SequenceTracker<T> {
         }
     }
 
-    /// When the gap timer fires, if there is a gap.
-    pub(crate) fn deadline(&self, timeout: u64) -> Option<u64> {
-        self.gap_since.map(|s| s.saturating_add(timeout))
-    }
-
     /// The connection closed. The transport is ordered per connection, so everything it carried
     /// has arrived: gaps below the high-water mark are lost now. Numbers beyond it stay open for
     /// the producer's next connection, which reports what it failed to send.

@@ -585,17 +585,6 @@ impl Server {
         }
     }
 
-    /// The earliest time [`Server::poll`] has work to do.
-    pub fn next_deadline(&self) -> Option<u64> {
-        let reassembly = self.sessions.values().filter_map(|s| s.reassembly.deadline());
-        let gaps = self
-            .instances
-            .values()
-            .filter(|i| i.live)
-            .filter_map(|i| i.tracker.deadline(self.config.gap_timeout_ns));
-        reassembly.chain(gaps).min()
-    }
-
     /// Events held back waiting for missing sequence numbers, over all producers.
     pub fn held_events(&self) -> usize {
         self.instances.values().map(|i| i.tracker.pending_len()).sum()

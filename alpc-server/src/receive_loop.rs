@@ -23,13 +23,13 @@ use crate::decide::{
 };
 use crate::dispatch::Dispatcher;
 
-/// How long one receive waits. It bounds how late a stop is noticed and how late the
-/// dispatcher's timers run when no message arrives.
-pub const RECEIVE_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// The dispatcher wants `tick` at least every 200 ms; ticking on this interval keeps that
-/// even when messages arrive back to back.
+/// The dispatcher wants `tick` at least every 200 ms. Each receive waits only until the next
+/// tick is due, so ticks keep this interval whether messages arrive back to back or not at all,
+/// and a stop is noticed within it.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest receive wait, so a late tick never turns the receive into a busy poll.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// Pause after a transient receive failure (out of memory or quota), so a starved system is
 /// not spun on.
@@ -97,7 +97,8 @@ pub fn run<P: PortOps>(
             receiver.dispatcher.tick();
             last_tick = Instant::now();
         }
-        let (code, context) = receiver.port.receive(&mut buffer, RECEIVE_TIMEOUT);
+        let wait = TICK_INTERVAL.saturating_sub(last_tick.elapsed()).max(MIN_WAIT);
+        let (code, context) = receiver.port.receive(&mut buffer, wait);
         match on_receive_status(code, retries) {
             LoopStep::Dispatch => {
                 retries = 0;

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::watch;
 
 use crate::query::Filter;
 use crate::state::{AppState, GapReason};
@@ -57,7 +56,6 @@ impl Drop for ClientGuard {
 pub struct Follower {
     state: AppState,
     live: broadcast::Receiver<Arc<StoredEvent>>,
-    closing: watch::Receiver<bool>,
     filter: Filter,
     done: u64,
     pending: VecDeque<Item>,
@@ -74,7 +72,6 @@ impl Follower {
     /// began again at 1) is treated as the newest, so that client is not silenced.
     pub fn new(state: AppState, filter: Filter, after: Option<u64>) -> Self {
         let live = state.subscribe();
-        let closing = state.closing();
         let newest = state.store().newest_id().unwrap_or(0);
         let (done, catch_up) = match after {
             Some(after) => (after.min(newest), Some(GapReason::Evicted)),
@@ -84,7 +81,6 @@ impl Follower {
             _client: ClientGuard::new(state.clone()),
             state,
             live,
-            closing,
             filter,
             done,
             pending: VecDeque::new(),
@@ -92,12 +88,10 @@ impl Follower {
         }
     }
 
-    /// The next event or gap; `None` when the service shuts down.
+    /// The next event or gap; `None` when the broadcast ends. Shutdown is watched once per
+    /// stream by the caller, not here per event.
     pub async fn next(&mut self) -> Option<Item> {
         loop {
-            if *self.closing.borrow() {
-                return None;
-            }
             if let Some(item) = self.pending.pop_front() {
                 return Some(item);
             }
@@ -105,12 +99,7 @@ impl Follower {
                 self.read_store(reason);
                 continue;
             }
-            let received = tokio::select! {
-                // Whether closing was set or its sender is gone, the service is going away.
-                _ = self.closing.wait_for(|closing| *closing) => return None,
-                received = self.live.recv() => received,
-            };
-            match received {
+            match self.live.recv().await {
                 Ok(event) if event.id <= self.done => {}
                 Ok(event) if event.id == self.done + 1 => {
                     self.done = event.id;

@@ -49,8 +49,6 @@ pub struct Store {
     bytes: usize,
     retain: usize,
     retain_bytes: usize,
-    evicted: u64,
-    stored_total: u64,
 }
 
 impl Store {
@@ -62,8 +60,6 @@ impl Store {
             bytes: 0,
             retain: retain.max(1),
             retain_bytes,
-            evicted: 0,
-            stored_total: 0,
         }
     }
 
@@ -76,11 +72,9 @@ impl Store {
         );
         self.bytes += event.cost();
         self.events.push_back(event);
-        self.stored_total += 1;
         while self.events.len() > 1 && (self.events.len() > self.retain || self.bytes > self.retain_bytes) {
             if let Some(old) = self.events.pop_front() {
                 self.bytes -= old.cost();
-                self.evicted += 1;
             }
         }
     }
@@ -113,13 +107,16 @@ impl Store {
     }
 
     pub fn occupancy(&self) -> Occupancy {
+        // Ids are dense from 1 (checked in `push`), so the newest id is how many were ever
+        // stored, and whatever of those is not held was evicted.
+        let stored_total = self.newest_id().unwrap_or(0);
         Occupancy {
             events: self.events.len(),
             bytes: self.bytes,
             oldest_id: self.oldest_id(),
             newest_id: self.newest_id(),
-            evicted: self.evicted,
-            stored_total: self.stored_total,
+            evicted: stored_total - self.events.len() as u64,
+            stored_total,
         }
     }
 }

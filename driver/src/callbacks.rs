@@ -8,6 +8,7 @@
 
 use core::ffi::c_void;
 
+use lpcmon_protocol::EventKind;
 use lpcmon_protocol::kernel_events::{ImageLoad, KernelEvent, ProcessExit, ProcessStart, ThreadChange};
 use wdk::println;
 use wdk_sys::ntddk::{
@@ -63,6 +64,14 @@ unsafe extern "system" fn on_process(process: PEPROCESS, process_id: HANDLE, inf
     let Some(shared) = shared::current() else {
         return;
     };
+    let kind = if info.is_null() {
+        EventKind::ProcessExit
+    } else {
+        EventKind::ProcessStart
+    };
+    if !shared.wants(kind) {
+        return;
+    }
     let time_ns = shared.time_ns();
     // SAFETY: PASSIVE_LEVEL; the kernel passes a valid PS_CREATE_NOTIFY_INFO (or null, for an
     // exit) that stays valid until this callback returns. We only read it.
@@ -97,6 +106,14 @@ unsafe extern "C" fn on_thread(process_id: HANDLE, thread_id: HANDLE, create: BO
     let Some(shared) = shared::current() else {
         return;
     };
+    let kind = if create != FALSE {
+        EventKind::ThreadStart
+    } else {
+        EventKind::ThreadExit
+    };
+    if !shared.wants(kind) {
+        return;
+    }
     shared.record(&KernelEvent::Thread(ThreadChange {
         time_ns: shared.time_ns(),
         pid: id(process_id),
@@ -110,6 +127,9 @@ unsafe extern "C" fn on_image(full_image_name: PUNICODE_STRING, process_id: HAND
     let Some(shared) = shared::current() else {
         return;
     };
+    if !shared.wants(EventKind::ImageLoad) {
+        return;
+    }
     // SAFETY: PASSIVE_LEVEL; the kernel passes a valid IMAGE_INFO for the duration of the
     // callback; `ImageInfo` mirrors its x64 layout (checked in ffi.rs).
     let Some(info) = (unsafe { image_info.cast::<ImageInfo>().as_ref() }) else {

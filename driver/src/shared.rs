@@ -6,6 +6,7 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull, addr_of_mut};
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
+use lpcmon_protocol::EventKind;
 use lpcmon_protocol::kernel_events::{
     self, EVENT_SLOT_BYTES, KernelEvent, KernelSlot, MAX_FRAME, MAX_MESSAGE, Parameters, Recorded,
 };
@@ -162,6 +163,12 @@ impl Shared {
         unsafe { ExFreePool(shared.cast()) };
         // SAFETY: the slots are borrowed only by the queue, which was freed with `shared`.
         unsafe { ExFreePool(slots.as_ptr().cast()) };
+    }
+
+    /// Whether the event mask keeps `kind`. Callbacks ask first, so a masked kind costs no
+    /// clock read and no kernel call. Any IRQL.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.params.filter.mask.allows(kind)
     }
 
     /// The body of every callback once it has read the kernel's values: filter, encode into a

@@ -63,7 +63,13 @@ pub async fn stream(
     let retry = Event::default().retry(config.sse_retry);
     let keep_alive = KeepAlive::new().interval(config.keepalive).text("keep-alive");
     let follower = Follower::new(state.clone(), query.filter, after);
-    let body = stream::once(async move { Ok(retry) }).chain(events(follower));
+    // Shutdown is watched once per stream, not per event: whether closing was set or its
+    // sender is gone, the service is going away.
+    let mut closing = state.closing();
+    let closed = async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    let body = stream::once(async move { Ok(retry) }).chain(events(follower).take_until(closed));
     Ok((
         [
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),

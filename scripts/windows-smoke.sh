@@ -15,7 +15,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-package=${SMOKE_PACKAGE:-lpcmon-api}
+package=${SMOKE_PACKAGE:-lpcmon}
 bin=${SMOKE_BIN:-lpcmon}
 target=x86_64-pc-windows-gnu
 

@@ -1,7 +1,7 @@
 //! The pipeline benchmark: raw SEQPACKET against lpcmon's ingest, send-to-SSE latency with ten
 //! clients, and resident memory. It prints figures and asserts none (see `linux.rs`).
 //!
-//! `cargo bench -p lpcmon-api --bench pipeline`
+//! `cargo bench -p lpcmon --bench pipeline`
 
 #[cfg(target_os = "linux")]
 mod linux;

@@ -9,7 +9,7 @@
 //! flaky; nothing sleeps and then asserts. Screenshots go to `target/artifacts/`.
 //!
 //! The ignored `perf` test measures the page at 5,000 events/s (docs/dashboard-perf.md):
-//! `LPCMON_BIN=target/release/lpcmon cargo test -p lpcmon-api --test dashboard -- --ignored perf --nocapture`.
+//! `LPCMON_BIN=target/release/lpcmon cargo test -p lpcmon --test dashboard -- --ignored perf --nocapture`.
 
 #![cfg(unix)]
 

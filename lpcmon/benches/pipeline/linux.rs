@@ -1,7 +1,7 @@
 //! The pipeline benchmark (issue #3 point 6). Run it with
 //!
 //! ```text
-//! cargo bench -p lpcmon-api --bench pipeline
+//! cargo bench -p lpcmon --bench pipeline
 //! ```
 //!
 //! It prints one table; it asserts nothing about timing. What it measures:

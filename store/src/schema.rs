@@ -1,0 +1,244 @@
+//! The schema, its migrations, and the checks a file passes before lpcmon writes to it.
+
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+
+use crate::error::OpenError;
+
+/// `PRAGMA application_id` of lpcmon databases: "LPCM". A file with another id belongs to
+/// another program.
+pub const APPLICATION_ID: i32 = 0x4C50_434D;
+
+/// Version 1. Described column by column in `docs/store.md`; keep the two in step.
+const V1: &str = r#"
+CREATE TABLE events (
+    id            INTEGER PRIMARY KEY,
+    time_ns       INTEGER NOT NULL,
+    kind          TEXT    NOT NULL,
+    pid           INTEGER,
+    producer_kind TEXT    NOT NULL,
+    producer      TEXT    NOT NULL,
+    search        TEXT    NOT NULL,
+    json          TEXT    NOT NULL
+);
+CREATE INDEX events_kind ON events (kind, id);
+CREATE INDEX events_pid ON events (pid, id) WHERE pid IS NOT NULL;
+CREATE INDEX events_producer ON events (producer, id);
+CREATE INDEX events_producer_kind ON events (producer_kind, id);
+CREATE INDEX events_time ON events (time_ns);
+CREATE VIRTUAL TABLE events_fts USING fts5 (
+    search, content = 'events', content_rowid = 'id', tokenize = 'trigram'
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES
+    ('last_id', 0), ('reserved_until', 0), ('stored_total', 0), ('evicted', 0), ('store_lost', 0);
+CREATE TABLE id_gaps (
+    first  INTEGER PRIMARY KEY,
+    last   INTEGER NOT NULL,
+    reason TEXT    NOT NULL
+);
+CREATE TABLE producers (
+    instance TEXT PRIMARY KEY,
+    kind     TEXT    NOT NULL,
+    next_seq INTEGER NOT NULL,
+    counters TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE totals (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> i64 {
+    // One migration per version, numbered from 1.
+    1
+}
+
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+fn sqlite_detail(e: &rusqlite::Error) -> String {
+    e.to_string()
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Looks at the first bytes: an existing non-empty file must be an SQLite database.
+fn check_header(path: &Path) -> Result<(), OpenError> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(OpenError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(source) => {
+                return Err(OpenError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    if read == 0 {
+        // An empty file (e.g. made by `touch`) is a new database.
+        return Ok(());
+    }
+    if read < header.len() || &header != SQLITE_HEADER {
+        return Err(OpenError::Foreign {
+            path: path.to_owned(),
+            detail: "it does not start with the SQLite header".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens the write connection: header, integrity, owner and version checks, then migrations.
+pub fn open_for_writing(path: &Path) -> Result<Connection, OpenError> {
+    check_header(path)?;
+    let fail = |e: rusqlite::Error| {
+        if is_corruption(&e) {
+            OpenError::Corrupt {
+                path: path.to_owned(),
+                detail: sqlite_detail(&e),
+            }
+        } else {
+            OpenError::Sqlite {
+                path: path.to_owned(),
+                detail: sqlite_detail(&e),
+            }
+        }
+    };
+    let mut conn = Connection::open(path).map_err(fail)?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(fail)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(fail)?;
+    let fresh = tables == 0;
+    if !fresh && app_id != APPLICATION_ID {
+        return Err(OpenError::Foreign {
+            path: path.to_owned(),
+            detail: format!(
+                "it is an SQLite database of another program (application_id {app_id:#x}, \
+                 {tables} schema objects)"
+            ),
+        });
+    }
+    if !fresh {
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(fail)?;
+        if check != "ok" {
+            return Err(OpenError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("integrity check: {check}"),
+            });
+        }
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(fail)?;
+        if found > latest_version() {
+            return Err(OpenError::Newer {
+                path: path.to_owned(),
+                found,
+                known: latest_version(),
+            });
+        }
+    } else {
+        // Must precede the first table, or SQLite ignores it.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(fail)?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(fail)?;
+    }
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
+    // NORMAL is durable against a process crash (kill -9) in WAL mode; commits that extend
+    // the id reservation switch to FULL so a power cut cannot roll one back either.
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+    migrations().to_latest(&mut conn).map_err(|e| OpenError::Sqlite {
+        path: path.to_owned(),
+        detail: format!("schema migration failed: {e}"),
+    })?;
+    Ok(conn)
+}
+
+/// A connection for reading only. `lpcmon export` uses it while a server writes.
+pub fn open_for_reading(path: &Path) -> Result<Connection, OpenError> {
+    if !path.exists() {
+        return Err(OpenError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    check_header(path)?;
+    let fail = |e: rusqlite::Error| OpenError::Sqlite {
+        path: path.to_owned(),
+        detail: sqlite_detail(&e),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(fail)?;
+    if app_id != APPLICATION_ID {
+        return Err(OpenError::Foreign {
+            path: path.to_owned(),
+            detail: format!("application_id {app_id:#x}"),
+        });
+    }
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(fail)?;
+    if found > latest_version() {
+        return Err(OpenError::Newer {
+            path: path.to_owned(),
+            found,
+            known: latest_version(),
+        });
+    }
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid_and_numbered() {
+        migrations().validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_for_writing(&dir.path().join("a.db")).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, latest_version());
+    }
+}

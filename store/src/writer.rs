@@ -1,0 +1,743 @@
+//! The open database: the writer thread that commits batches, the id reservation, retention,
+//! and the read side the HTTP service uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tracing::{error, info, warn};
+
+use crate::error::{OpenError, StoreError};
+use crate::lock::{self, LockFile};
+use crate::read::{self, EventRow, GAP_RESTART, GAP_STORE, IdGap, PageQuery, to_i64};
+use crate::schema;
+
+/// A batch is committed at most this long after its first event arrived...
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+/// ...or once it holds this many events, whichever comes first.
+pub const COMMIT_EVENTS: usize = 4096;
+/// Ids reserved ahead of the newest committed one. A crash skips at most this many ids; the
+/// ingest task waits (and its channel fills, counted as `server_ingest` loss) only if the writer
+/// falls this far behind, or cannot write at all for this many events.
+pub const ID_BLOCK: u64 = 65_536;
+/// Events handed to the writer and not yet committed, past which the ingest task waits.
+pub const MAX_QUEUED: usize = 4 * COMMIT_EVENTS * 4;
+/// Most events retention deletes per transaction.
+const RETAIN_BATCH: u64 = 4096;
+/// How often the age limit is applied.
+const AGE_CHECK: Duration = Duration::from_secs(1);
+
+/// An event to store. The strings are shared with the in-memory tail, not copied.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: u64,
+    pub time_ns: u64,
+    pub kind: &'static str,
+    pub pid: Option<u32>,
+    pub producer_kind: &'static str,
+    pub producer: Arc<str>,
+    pub search: Arc<str>,
+    pub json: Arc<str>,
+}
+
+/// A producer instance's accounting: where its sequence stands and its counters (an opaque
+/// JSON document of the HTTP service's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerLedger {
+    pub instance: String,
+    pub kind: String,
+    /// The lowest sequence number not yet delivered or declared lost.
+    pub next_seq: u64,
+    pub counters: String,
+}
+
+/// What was restored at open: the same records.
+pub type ProducerState = ProducerLedger;
+
+/// The accounting committed with a batch of events: the producers that changed, and the
+/// service-wide totals (opaque JSON).
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub producers: Vec<ProducerLedger>,
+    pub totals: Option<String>,
+}
+
+/// What the database keeps. Each limit is applied after every commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub events: u64,
+    /// Bytes of the database file (pages in use); the write-ahead log is not counted.
+    pub bytes: u64,
+    pub max_age: Option<Duration>,
+}
+
+/// Events of one producer that could not be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailure {
+    pub producer: Arc<str>,
+    pub count: u64,
+}
+
+/// Where the database stands, for `/stats` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct DiskStatus {
+    pub path: PathBuf,
+    pub events: u64,
+    pub bytes: u64,
+    pub oldest_id: Option<u64>,
+    pub newest_id: Option<u64>,
+    pub evicted: u64,
+    pub stored_total: u64,
+    /// Events that could not be written (the `store` loss stage).
+    pub lost: u64,
+    /// The last write error, while writing fails.
+    pub error: Option<String>,
+    pub retention: Option<RetentionReport>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetentionReport {
+    pub events: u64,
+    pub bytes: u64,
+    pub max_age_seconds: Option<u64>,
+}
+
+struct Shared {
+    reserved: AtomicU64,
+    durable_through: Arc<AtomicU64>,
+    queued: AtomicUsize,
+    status: Mutex<DiskStatus>,
+    failures: Mutex<BTreeMap<Arc<str>, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Batch {
+    events: Vec<NewEvent>,
+    ledger: Ledger,
+}
+
+/// An open lpcmon database. Dropping it without [`Database::close`] still commits what the
+/// writer holds (the thread drains its channel), but `close` waits for it.
+pub struct Database {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Batch>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    reader: Mutex<Connection>,
+    next_id: u64,
+    restored_producers: Vec<ProducerState>,
+    restored_totals: Option<String>,
+    restart_gap: Option<IdGap>,
+    _lock: LockFile,
+}
+
+fn meta(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.unwrap_or(0) as u64)
+}
+
+fn set_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
+        .execute(params![key, to_i64(value)])?;
+    Ok(())
+}
+
+fn db_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok((pages * size) as u64)
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
+    move |e| OpenError::Sqlite {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+impl Database {
+    /// Opens (or creates) the database at `path`, refusing a file that is not lpcmon's, is
+    /// corrupt, has a newer schema, or is in use by another lpcmon. If the last run did not
+    /// close it (a crash), the ids it had reserved beyond its last commit are recorded as a
+    /// `restart` gap and skipped.
+    pub fn open(path: &Path, retention: Retention) -> Result<Database, OpenError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let lock_file = lock::acquire(path)?;
+        let conn = schema::open_for_writing(path)?;
+        let fail = sqlite_err(path);
+        let last_id = meta(&conn, "last_id").map_err(&fail)?;
+        let reserved = meta(&conn, "reserved_until").map_err(&fail)?;
+        let restart_gap = (reserved > last_id).then(|| IdGap {
+            first: last_id + 1,
+            last: reserved,
+            reason: GAP_RESTART,
+        });
+        let next_id = last_id.max(reserved) + 1;
+        let new_reserved = next_id - 1 + ID_BLOCK;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(&fail)?;
+        {
+            let tx = conn.unchecked_transaction().map_err(&fail)?;
+            if let Some(gap) = restart_gap {
+                warn!(
+                    path = %path.display(), first = gap.first, last = gap.last,
+                    "the last run stopped without closing the store (a crash or kill -9): \
+                     skipping the ids it had reserved; SSE clients resuming there get a `restart` gap"
+                );
+                tx.execute(
+                    "INSERT OR REPLACE INTO id_gaps (first, last, reason) VALUES (?1, ?2, ?3)",
+                    params![to_i64(gap.first), to_i64(gap.last), GAP_RESTART],
+                )
+                .map_err(&fail)?;
+                set_meta(&tx, "last_id", gap.last).map_err(&fail)?;
+            }
+            set_meta(&tx, "reserved_until", new_reserved).map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(&fail)?;
+
+        let restored_producers = {
+            let mut stmt = conn
+                .prepare("SELECT instance, kind, next_seq, counters FROM producers")
+                .map_err(&fail)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(ProducerLedger {
+                        instance: r.get(0)?,
+                        kind: r.get(1)?,
+                        next_seq: r.get::<_, i64>(2)? as u64,
+                        counters: r.get(3)?,
+                    })
+                })
+                .map_err(&fail)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(&fail)?
+        };
+        let restored_totals: Option<String> = conn
+            .query_row("SELECT value FROM totals WHERE key = 'counters'", [], |r| r.get(0))
+            .optional()
+            .map_err(&fail)?;
+        let (oldest, newest) = read::oldest_newest(&conn).map_err(|e| OpenError::Sqlite {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .map_err(&fail)?;
+        let status = DiskStatus {
+            path: path.to_owned(),
+            events: events as u64,
+            bytes: db_bytes(&conn).map_err(&fail)?,
+            oldest_id: oldest,
+            newest_id: newest,
+            evicted: meta(&conn, "evicted").map_err(&fail)?,
+            stored_total: meta(&conn, "stored_total").map_err(&fail)?,
+            lost: meta(&conn, "store_lost").map_err(&fail)?,
+            error: None,
+            retention: Some(RetentionReport {
+                events: retention.events,
+                bytes: retention.bytes,
+                max_age_seconds: retention.max_age.map(|a| a.as_secs()),
+            }),
+        };
+        let reader = schema::open_for_reading(path)?;
+        let shared = Arc::new(Shared {
+            reserved: AtomicU64::new(new_reserved),
+            durable_through: Arc::new(AtomicU64::new(next_id - 1)),
+            queued: AtomicUsize::new(0),
+            status: Mutex::new(status),
+            failures: Mutex::new(BTreeMap::new()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer {
+            conn,
+            shared: shared.clone(),
+            retention,
+            last_id: next_id - 1,
+            reserved: new_reserved,
+            events: events as u64,
+            pending_ledger: PendingLedger::default(),
+            pending_gaps: Vec::new(),
+            pending_lost: 0,
+            last_age_check: None,
+            failing: false,
+        };
+        // Apply the limits once now, in case they were lowered since the last run.
+        writer.retain();
+        let thread = std::thread::Builder::new()
+            .name("lpcmon-store".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| OpenError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        info!(path = %path.display(), events, next_id, "store open");
+        Ok(Database {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            reader: Mutex::new(reader),
+            next_id,
+            restored_producers,
+            restored_totals,
+            restart_gap,
+            _lock: lock_file,
+        })
+    }
+
+    /// The id the first event of this run takes.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The ids the last run skipped because it crashed, if it did.
+    pub fn restart_gap(&self) -> Option<IdGap> {
+        self.restart_gap
+    }
+
+    /// The highest id that may be published: reserved in a committed transaction.
+    pub fn reserved_until(&self) -> u64 {
+        self.shared.reserved.load(Ordering::Acquire)
+    }
+
+    /// The highest id whose fate on disk is settled (committed, or counted as `store` loss).
+    /// The in-memory tail may forget events up to here, and no further.
+    pub fn durable_through(&self) -> Arc<AtomicU64> {
+        self.shared.durable_through.clone()
+    }
+
+    /// Events handed to the writer and not yet settled.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Each producer's accounting as the last run committed it.
+    pub fn restored_producers(&self) -> &[ProducerState] {
+        &self.restored_producers
+    }
+
+    pub fn restored_totals(&self) -> Option<&str> {
+        self.restored_totals.as_deref()
+    }
+
+    /// Hands events (ids ascending, continuing the previous call's) and the accounting that
+    /// describes them to the writer. Never blocks.
+    pub fn append(&self, events: Vec<NewEvent>, ledger: Ledger) {
+        let n = events.len();
+        self.shared.queued.fetch_add(n, Ordering::AcqRel);
+        let guard = lock(&self.tx);
+        let Some(tx) = guard.as_ref() else {
+            drop(guard);
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            return record_failure(&self.shared, &events);
+        };
+        if let Err(mpsc::SendError(batch)) = tx.send(Batch { events, ledger }) {
+            drop(guard);
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            error!(events = n, "the store writer has stopped; counting the events as store loss");
+            record_failure(&self.shared, &batch.events);
+        }
+    }
+
+    /// Events that could not be written since the last call, by producer.
+    pub fn take_failures(&self) -> Vec<StoreFailure> {
+        std::mem::take(&mut *lock(&self.shared.failures))
+            .into_iter()
+            .map(|(producer, count)| StoreFailure { producer, count })
+            .collect()
+    }
+
+    pub fn status(&self) -> DiskStatus {
+        lock(&self.shared.status).clone()
+    }
+
+    /// The stored event with this id.
+    pub fn get(&self, id: u64) -> Result<Option<EventRow>, StoreError> {
+        read::get(&lock(&self.reader), id)
+    }
+
+    pub fn page(&self, query: &PageQuery<'_>) -> Result<Vec<EventRow>, StoreError> {
+        read::page(&lock(&self.reader), query)
+    }
+
+    /// Recorded id holes overlapping `after < id <= through`.
+    pub fn gaps(&self, after: u64, through: u64) -> Result<Vec<IdGap>, StoreError> {
+        read::gaps(&lock(&self.reader), after, through)
+    }
+
+    /// Commits everything handed over so far, gives back the unused id reservation and stops
+    /// the writer. Later [`append`](Self::append)s count their events as `store` loss.
+    pub fn close(&self) {
+        drop(lock(&self.tx).take());
+        if let Some(thread) = lock(&self.thread).take() {
+            if thread.join().is_err() {
+                error!("the store writer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn record_failure(shared: &Shared, events: &[NewEvent]) {
+    let mut failures = lock(&shared.failures);
+    for e in events {
+        *failures.entry(e.producer.clone()).or_default() += 1;
+    }
+    lock(&shared.status).lost += events.len() as u64;
+}
+
+/// Accounting not yet committed: the newest record per producer, the newest totals.
+#[derive(Default)]
+struct PendingLedger {
+    producers: BTreeMap<String, ProducerLedger>,
+    totals: Option<String>,
+}
+
+impl PendingLedger {
+    fn merge(&mut self, ledger: Ledger) {
+        for p in ledger.producers {
+            self.producers.insert(p.instance.clone(), p);
+        }
+        if ledger.totals.is_some() {
+            self.totals = ledger.totals;
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    retention: Retention,
+    last_id: u64,
+    reserved: u64,
+    events: u64,
+    pending_ledger: PendingLedger,
+    /// Ids whose events could not be written, to record as `store` gaps once writing works.
+    pending_gaps: Vec<(u64, u64)>,
+    pending_lost: u64,
+    last_age_check: Option<Instant>,
+    failing: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Batch>) {
+        let mut events: Vec<NewEvent> = Vec::with_capacity(COMMIT_EVENTS);
+        let mut open = true;
+        while open {
+            match rx.recv_timeout(AGE_CHECK) {
+                Ok(batch) => self.take(batch, &mut events),
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle: apply the age limit, and retry accounting a failed commit left.
+                    if self.failing || !self.pending_ledger.producers.is_empty() {
+                        self.commit(&mut events);
+                    }
+                    self.retain();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let deadline = Instant::now() + COMMIT_INTERVAL;
+            while events.len() < COMMIT_EVENTS {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(batch) => self.take(batch, &mut events),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.commit(&mut events);
+            self.retain();
+        }
+        // Closing: whatever is still in the channel was drained above (the loop leaves only on
+        // disconnect, after the last batch). Commit, then give back the unused reservation.
+        self.commit(&mut events);
+        self.close();
+    }
+
+    fn take(&mut self, batch: Batch, events: &mut Vec<NewEvent>) {
+        events.extend(batch.events);
+        self.pending_ledger.merge(batch.ledger);
+    }
+
+    fn write(&mut self, events: &[NewEvent], extend_to: Option<u64>) -> rusqlite::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (id, time_ns, kind, pid, producer_kind, producer, search, json) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, search) VALUES (?1, ?2)")?;
+            for e in events {
+                insert.execute(params![
+                    to_i64(e.id),
+                    to_i64(e.time_ns),
+                    e.kind,
+                    e.pid,
+                    e.producer_kind,
+                    &*e.producer,
+                    &*e.search,
+                    &*e.json
+                ])?;
+                fts.execute(params![to_i64(e.id), &*e.search])?;
+            }
+            let mut producer = tx.prepare_cached(
+                "INSERT INTO producers (instance, kind, next_seq, counters) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (instance) DO UPDATE SET kind = ?2, next_seq = ?3, counters = ?4",
+            )?;
+            for p in self.pending_ledger.producers.values() {
+                producer.execute(params![p.instance, p.kind, to_i64(p.next_seq), p.counters])?;
+            }
+            if let Some(totals) = &self.pending_ledger.totals {
+                tx.execute(
+                    "INSERT INTO totals (key, value) VALUES ('counters', ?1) \
+                     ON CONFLICT (key) DO UPDATE SET value = ?1",
+                    [totals],
+                )?;
+            }
+            for &(first, last) in &self.pending_gaps {
+                tx.execute(
+                    "INSERT OR REPLACE INTO id_gaps (first, last, reason) VALUES (?1, ?2, ?3)",
+                    params![to_i64(first), to_i64(last), GAP_STORE],
+                )?;
+            }
+            let newest = events.last().map_or(self.last_id, |e| e.id).max(self.last_id);
+            let gaps_top = self.pending_gaps.iter().map(|g| g.1).max().unwrap_or(0);
+            set_meta(&tx, "last_id", newest.max(gaps_top))?;
+            if !events.is_empty() {
+                let stored = meta(&tx, "stored_total")?;
+                set_meta(&tx, "stored_total", stored + events.len() as u64)?;
+            }
+            if self.pending_lost > 0 {
+                let lost = meta(&tx, "store_lost")?;
+                set_meta(&tx, "store_lost", lost + self.pending_lost)?;
+            }
+            if let Some(reserved) = extend_to {
+                set_meta(&tx, "reserved_until", reserved)?;
+            }
+        }
+        tx.commit()
+    }
+
+    fn commit(&mut self, events: &mut Vec<NewEvent>) {
+        let newest = events.last().map(|e| e.id);
+        let top = newest.unwrap_or(self.last_id).max(self.last_id);
+        let extend_to = (top + ID_BLOCK / 2 > self.reserved).then_some(top + ID_BLOCK);
+        if extend_to.is_some() {
+            let _ = self.conn.pragma_update(None, "synchronous", "FULL");
+        }
+        let result = self.write(events, extend_to);
+        if extend_to.is_some() {
+            let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        }
+        let n = events.len() as u64;
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    info!("the store is writing again");
+                    self.failing = false;
+                }
+                self.last_id = top.max(self.pending_gaps.iter().map(|g| g.1).max().unwrap_or(0));
+                self.pending_gaps.clear();
+                self.pending_lost = 0;
+                self.pending_ledger = PendingLedger::default();
+                self.events += n;
+                if let Some(r) = extend_to {
+                    self.reserved = r;
+                    self.shared.reserved.store(r, Ordering::Release);
+                }
+                let bytes = db_bytes(&self.conn).unwrap_or(0);
+                let mut status = lock(&self.shared.status);
+                status.error = None;
+                status.events = self.events;
+                status.bytes = bytes;
+                status.stored_total += n;
+                if n > 0 {
+                    status.oldest_id.get_or_insert(events[0].id);
+                    status.newest_id = newest;
+                }
+            }
+            Err(e) => {
+                let message = if is_disk_full(&e) {
+                    format!(
+                        "the store cannot write to {}: the disk is full ({e}); events are kept in \
+                         memory only and counted as `store` loss until space is freed",
+                        lock(&self.shared.status).path.display()
+                    )
+                } else {
+                    format!(
+                        "the store cannot write to {} ({e}); events are kept in memory only and \
+                         counted as `store` loss until writing works again",
+                        lock(&self.shared.status).path.display()
+                    )
+                };
+                if !self.failing {
+                    error!("{message}");
+                    self.failing = true;
+                }
+                if let (Some(first), Some(last)) = (events.first(), events.last()) {
+                    self.pending_gaps.push((first.id, last.id));
+                }
+                self.pending_lost += n;
+                record_failure(&self.shared, events);
+                lock(&self.shared.status).error = Some(message);
+            }
+        }
+        if let Some(newest) = newest {
+            self.shared.durable_through.fetch_max(newest, Ordering::AcqRel);
+        }
+        self.shared.queued.fetch_sub(events.len(), Ordering::AcqRel);
+        events.clear();
+    }
+
+    /// Deletes the oldest events, a batch per transaction, until every limit holds, then
+    /// returns the freed pages to the file system.
+    fn retain(&mut self) {
+        if self.failing {
+            return;
+        }
+        let age_due = self.retention.max_age.is_some()
+            && self.last_age_check.is_none_or(|t| t.elapsed() >= AGE_CHECK);
+        let cutoff = match self.retention.max_age {
+            Some(age) if age_due => {
+                self.last_age_check = Some(Instant::now());
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                Some(now.saturating_sub(age).as_nanos() as u64)
+            }
+            _ => None,
+        };
+        let mut deleted_any = false;
+        let mut bytes_before = u64::MAX;
+        loop {
+            let result = self.retain_step(cutoff);
+            let bytes_now = db_bytes(&self.conn).unwrap_or(0);
+            match result {
+                Ok(0) => break,
+                // Over the byte limit only by what the full-text index has not merged away
+                // yet: stop rather than delete everything; the next commit merges more.
+                Ok(n) if bytes_now >= bytes_before && self.events.saturating_sub(n) <= self.retention.events => {
+                    deleted_any = true;
+                    self.events -= n;
+                    let mut status = lock(&self.shared.status);
+                    status.evicted += n;
+                    status.events = self.events;
+                    break;
+                }
+                Ok(n) => {
+                    deleted_any = true;
+                    bytes_before = bytes_now;
+                    self.events -= n;
+                    let mut status = lock(&self.shared.status);
+                    status.evicted += n;
+                    status.events = self.events;
+                }
+                Err(e) => {
+                    warn!(error = %e, "store retention failed; will retry");
+                    break;
+                }
+            }
+        }
+        if deleted_any {
+            let (oldest, _) = read::oldest_newest(&self.conn).unwrap_or_default();
+            let bytes = db_bytes(&self.conn).unwrap_or(0);
+            let mut status = lock(&self.shared.status);
+            status.oldest_id = oldest;
+            status.bytes = bytes;
+        }
+    }
+
+    /// One retention batch; how many events it deleted.
+    fn retain_step(&mut self, cutoff: Option<u64>) -> Result<u64, StoreError> {
+        if self.events == 0 {
+            return Ok(0);
+        }
+        let over_count = self.events.saturating_sub(self.retention.events);
+        let bytes = db_bytes(&self.conn)?;
+        let over_bytes = if bytes > self.retention.bytes {
+            // Enough of the oldest events to free the excess, by the mean event size.
+            let per_event = (bytes / self.events).max(1);
+            (bytes - self.retention.bytes).div_ceil(per_event).max(64)
+        } else {
+            0
+        };
+        let old: u64 = match cutoff {
+            Some(cutoff) => self.conn.query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM events WHERE time_ns < ?1 LIMIT ?2)",
+                params![to_i64(cutoff), to_i64(RETAIN_BATCH)],
+                |r| r.get::<_, i64>(0),
+            )? as u64,
+            None => 0,
+        };
+        let n = over_count.max(over_bytes).max(old).min(RETAIN_BATCH).min(self.events);
+        if n == 0 {
+            return Ok(0);
+        }
+        let upto: i64 = self.conn.query_row(
+            "SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?1",
+            [to_i64(n - 1)],
+            |r| r.get(0),
+        )?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO events_fts (events_fts, rowid, search) \
+             SELECT 'delete', id, search FROM events WHERE id <= ?1",
+            [upto],
+        )?;
+        let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [upto])? as u64;
+        let evicted = meta(&tx, "evicted")?;
+        set_meta(&tx, "evicted", evicted + deleted)?;
+        // FTS5 keeps deleted entries until it merges segments: do a bounded amount of merging.
+        tx.execute(
+            "INSERT INTO events_fts (events_fts, rank) VALUES ('merge', 256)",
+            [],
+        )?;
+        tx.commit()?;
+        // Each step of the pragma returns one freed page to the file system.
+        let mut vacuum = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+        let mut pages = vacuum.query([])?;
+        while pages.next()?.is_some() {}
+        Ok(deleted)
+    }
+
+    fn close(&mut self) {
+        self.last_age_check = None;
+        self.retain();
+        // Give back the ids reserved beyond the last one used, so a clean restart has no gap.
+        let result = (|| -> rusqlite::Result<()> {
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            set_meta(&self.conn, "reserved_until", self.last_id)?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => info!(last_id = self.last_id, events = self.events, "store closed"),
+            Err(e) => warn!(error = %e, "store closed without giving back its id reservation"),
+        }
+        self.shared
+            .durable_through
+            .store(u64::MAX, Ordering::Release);
+    }
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
+}

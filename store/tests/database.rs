@@ -1,0 +1,262 @@
+//! The database on real files: reopening, refusals, filters, retention and export.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lpcmon_store::{
+    Database, ExportFormat, Filter, ID_BLOCK, Ledger, NewEvent, OpenError, Order, PageQuery,
+    ProducerLedger, Retention, export,
+};
+
+const KEEP_ALL: Retention = Retention {
+    events: u64::MAX,
+    bytes: u64::MAX,
+    max_age: None,
+};
+
+fn event(id: u64, kind: &'static str, search: &str) -> NewEvent {
+    NewEvent {
+        id,
+        time_ns: 1_000 + id,
+        kind,
+        pid: Some(id as u32 % 7),
+        producer_kind: "loadgen",
+        producer: Arc::from(if id % 2 == 0 { "aa00" } else { "bb00" }),
+        search: Arc::from(search),
+        json: Arc::from(format!(r#"{{"id":{id},"kind":"{kind}"}}"#)),
+    }
+}
+
+fn fill(db: &Database, ids: std::ops::RangeInclusive<u64>) {
+    let events = ids
+        .map(|id| event(id, if id % 3 == 0 { "loss" } else { "process.exec" }, &format!("/usr/bin/tool{id}")))
+        .collect();
+    db.append(
+        events,
+        Ledger {
+            producers: vec![ProducerLedger {
+                instance: "aa00".into(),
+                kind: "loadgen".into(),
+                next_seq: 42,
+                counters: "{}".into(),
+            }],
+            totals: Some(r#"{"x":1}"#.into()),
+        },
+    );
+}
+
+fn ids(db: &Database, filter: &Filter, order: Order, limit: usize) -> Vec<u64> {
+    db.page(&PageQuery {
+        after: 0,
+        through: u64::MAX >> 1,
+        filter,
+        limit,
+        order,
+    })
+    .unwrap()
+    .into_iter()
+    .map(|r| r.id)
+    .collect()
+}
+
+#[test]
+fn a_clean_close_continues_ids_and_restores_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/events.db");
+    let db = Database::open(&path, KEEP_ALL).unwrap();
+    assert_eq!(db.next_id(), 1);
+    assert!(db.restart_gap().is_none());
+    fill(&db, 1..=100);
+    db.close();
+    drop(db);
+    let db = Database::open(&path, KEEP_ALL).unwrap();
+    assert_eq!(db.next_id(), 101, "a clean close gives back the reservation");
+    assert!(db.restart_gap().is_none());
+    assert_eq!(db.restored_producers()[0].next_seq, 42);
+    assert_eq!(db.restored_totals(), Some(r#"{"x":1}"#));
+    assert_eq!(db.status().events, 100);
+    assert_eq!(db.get(7).unwrap().unwrap().json, r#"{"id":7,"kind":"process.exec"}"#);
+    assert!(db.reserved_until() >= 100 + ID_BLOCK - 1);
+}
+
+#[test]
+fn filters_match_the_api_meaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("e.db"), KEEP_ALL).unwrap();
+    fill(&db, 1..=30);
+    db.close();
+    let all = Filter::default();
+    assert_eq!(ids(&db, &all, Order::Ascending, 3), vec![1, 2, 3]);
+    assert_eq!(ids(&db, &all, Order::Descending, 2), vec![30, 29]);
+    let loss = Filter {
+        kinds: vec!["loss".into()],
+        ..Filter::default()
+    };
+    assert_eq!(ids(&db, &loss, Order::Ascending, 3), vec![3, 6, 9]);
+    let q = Filter {
+        q: Some("tool1".into()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(&db, &q, Order::Ascending, 100), vec![1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+    let short = Filter {
+        q: Some("l2".into()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(&db, &short, Order::Ascending, 100), vec![2, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]);
+    let quote = Filter {
+        q: Some("to\"ol".into()),
+        ..Filter::default()
+    };
+    assert!(ids(&db, &quote, Order::Ascending, 100).is_empty());
+    let producer = Filter {
+        producer_prefix: Some("bb".into()),
+        pid: Some(3),
+        ..Filter::default()
+    };
+    assert_eq!(ids(&db, &producer, Order::Ascending, 100), vec![3, 17]);
+}
+
+#[test]
+fn retention_by_count_and_bytes_counts_evictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let db = Database::open(
+        &path,
+        Retention {
+            events: 1000,
+            bytes: u64::MAX,
+            max_age: None,
+        },
+    )
+    .unwrap();
+    fill(&db, 1..=3000);
+    db.close();
+    let s = db.status();
+    assert_eq!((s.events, s.evicted, s.oldest_id), (1000, 2000, Some(2001)));
+    drop(db);
+
+    let limit = 2 * 1024 * 1024;
+    let db = Database::open(
+        &path,
+        Retention {
+            events: u64::MAX,
+            bytes: limit,
+            max_age: None,
+        },
+    )
+    .unwrap();
+    for chunk in 0..60 {
+        let first = 3001 + chunk * 500;
+        fill(&db, first..=first + 499);
+    }
+    db.close();
+    let s = db.status();
+    let file = std::fs::metadata(&path).unwrap().len();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let av: i64 = c.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
+    let fl: i64 = c.pragma_query_value(None, "freelist_count", |r| r.get(0)).unwrap();
+    eprintln!("{s:?} av={av} free={fl}");
+    assert!(s.bytes <= limit, "{} bytes in use, limit {limit}", s.bytes);
+    assert!(file <= limit, "the file is {file} bytes, limit {limit}");
+    assert!(s.events > 0 && s.evicted > 2000);
+}
+
+#[test]
+fn age_retention_deletes_old_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(
+        &dir.path().join("e.db"),
+        Retention {
+            events: u64::MAX,
+            bytes: u64::MAX,
+            max_age: Some(Duration::from_secs(3600)),
+        },
+    )
+    .unwrap();
+    // time_ns of 1970: older than an hour.
+    fill(&db, 1..=10);
+    db.close();
+    assert_eq!(db.status().events, 0);
+    assert_eq!(db.status().evicted, 10);
+}
+
+fn refusal(path: &Path) -> String {
+    match Database::open(path, KEEP_ALL) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{} was accepted", path.display()),
+    }
+}
+
+#[test]
+fn refuses_foreign_corrupt_newer_and_locked_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.db");
+    std::fs::write(&text, "this is not a database at all, just text").unwrap();
+    let m = refusal(&text);
+    assert!(m.contains("not an lpcmon database") && m.contains("--store memory") && m.contains("text.db"), "{m}");
+    assert_eq!(std::fs::read_to_string(&text).unwrap(), "this is not a database at all, just text");
+
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let m = refusal(&other);
+    assert!(m.contains("another program"), "{m}");
+
+    let newer = dir.path().join("newer.db");
+    drop(Database::open(&newer, KEEP_ALL).unwrap());
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let m = refusal(&newer);
+    assert!(m.contains("schema version 99") && m.contains("up to 1"), "{m}");
+
+    let corrupt = dir.path().join("corrupt.db");
+    let db = Database::open(&corrupt, KEEP_ALL).unwrap();
+    fill(&db, 1..=2000);
+    db.close();
+    drop(db);
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[4096..len - 4096] {
+        *b = 0x5a;
+    }
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let m = refusal(&corrupt);
+    assert!(m.contains("corrupt") && m.contains("mv "), "{m}");
+
+    let locked = dir.path().join("locked.db");
+    let first = Database::open(&locked, KEEP_ALL).unwrap();
+    let m = refusal(&locked);
+    assert!(m.contains("in use by another lpcmon") && m.contains(&std::process::id().to_string()), "{m}");
+    drop(first);
+    Database::open(&locked, KEEP_ALL).unwrap();
+}
+
+#[test]
+fn exports_ndjson_and_csv_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let db = Database::open(&path, KEEP_ALL).unwrap();
+    fill(&db, 1..=5000);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut out = Vec::new();
+    let n = export(&path, 4990, &Filter::default(), ExportFormat::Ndjson, &mut out).unwrap();
+    assert_eq!(n, 10);
+    assert!(String::from_utf8(out).unwrap().starts_with(r#"{"id":4991,"#));
+    let mut out = Vec::new();
+    let filter = Filter {
+        kinds: vec!["loss".into()],
+        ..Filter::default()
+    };
+    export(&path, 4990, &filter, ExportFormat::Csv, &mut out).unwrap();
+    let csv = String::from_utf8(out).unwrap();
+    let lines: Vec<_> = csv.lines().collect();
+    assert_eq!(lines[0], "id,time_ns,kind,pid,producer_kind,producer,json");
+    assert_eq!(lines[1], r#"4992,5992,loss,1,loadgen,aa00,"{""id"":4992,""kind"":""loss""}""#);
+    assert_eq!(lines.len(), 4);
+    drop(db);
+}

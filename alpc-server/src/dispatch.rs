@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use lpcmon_protocol::server::{Action, ConnId, Output, ProducerInfo, Server, ServerConfig};
+use lpcmon_protocol::server::{Action, ConnId, Output, ProducerInfo, RestoredInstance, Server, ServerConfig};
 use lpcmon_protocol::{Loss, LossStage, PortMessage, RefuseReason};
 use tokio::sync::mpsc;
 
@@ -73,6 +73,16 @@ impl Dispatcher {
             origin: Instant::now(),
             next_conn: AtomicU64::new(1),
             counters: Arc::new(PortCounters::default()),
+        }
+    }
+
+    /// Seeds producer instances' sequence state from the durable store before any producer
+    /// connects, so what a previous run received but never committed is counted when the
+    /// producer reconnects (see [`Server::restore_instance`]).
+    pub fn restore_instances(&self, restored: impl IntoIterator<Item = RestoredInstance>) {
+        let mut inner = self.lock();
+        for r in restored {
+            inner.server.restore_instance(r);
         }
     }
 

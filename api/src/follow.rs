@@ -10,13 +10,20 @@
 //! Only what the store has evicted meanwhile is lost, and that is reported as a gap. Catching up
 //! reads a bounded chunk at a time, so a client's buffer never exceeds one chunk plus the
 //! broadcast's capacity (invariant 2).
+//!
+//! With a durable store, what is older than the in-memory tail is replayed from the database,
+//! so `Last-Event-ID` resumes across restarts. Ids that name no event there are reported as
+//! gaps with the reason the database recorded: `restart` (reserved by a server that crashed,
+//! never reused) or `store` (not written); below the database's oldest event, `evicted`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use lpcmon_store::{Database, Order};
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use crate::durable;
 use crate::query::Filter;
 use crate::state::{AppState, GapReason};
 use crate::store::StoredEvent;
@@ -72,7 +79,7 @@ impl Follower {
     /// began again at 1) is treated as the newest, so that client is not silenced.
     pub fn new(state: AppState, filter: Filter, after: Option<u64>) -> Self {
         let live = state.subscribe();
-        let newest = state.store().newest_id().unwrap_or(0);
+        let newest = state.newest_id().unwrap_or(0);
         let (done, catch_up) = match after {
             Some(after) => (after.min(newest), Some(GapReason::Evicted)),
             None => (newest, None),
@@ -119,6 +126,15 @@ impl Follower {
     /// evicted some of them.
     fn read_store(&mut self, reason: GapReason) {
         let store = self.state.store();
+        if let Some(db) = self.state.database() {
+            let tail_oldest = store.oldest_id();
+            if tail_oldest.is_none_or(|oldest| self.done + 1 < oldest) {
+                let newest = store.newest_id();
+                drop(store);
+                let db = db.clone();
+                return self.read_database(&db, reason, tail_oldest, newest);
+            }
+        }
         let (Some(oldest), Some(newest)) = (store.oldest_id(), store.newest_id()) else {
             self.catch_up = None;
             return;
@@ -141,6 +157,63 @@ impl Follower {
         }
         self.done = self.done.max(last);
         // A hole found in a later chunk means the client fell behind while catching up.
+        self.catch_up = (self.done < newest).then_some(GapReason::Lagged);
+    }
+
+    fn gap(&mut self, reason: GapReason, through: u64) {
+        let missed = through - self.done;
+        self.state.sse().record_gap(reason, missed);
+        self.done = through;
+        self.pending.push_back(Item::Gap {
+            missed,
+            reason,
+            last_id: through,
+        });
+    }
+
+    /// Queues the next chunk of ids after `done` that only the database holds: the events, and
+    /// a gap for every hole, in id order.
+    fn read_database(&mut self, db: &Database, reason: GapReason, tail_oldest: Option<u64>, tail_newest: Option<u64>) {
+        let status = db.status();
+        let Some(newest) = tail_newest.or(status.newest_id) else {
+            self.catch_up = None;
+            return;
+        };
+        let top = tail_oldest.map_or(newest, |oldest| oldest - 1);
+        // Below the database's oldest event everything was evicted (or never written).
+        let disk_oldest = status.oldest_id.unwrap_or(top + 1);
+        if self.done + 1 < disk_oldest {
+            self.gap(reason, (disk_oldest - 1).min(top));
+        }
+        if self.done < top {
+            let mut last = self.done.saturating_add(CATCH_UP_CHUNK).min(top);
+            let holes = db.gaps(self.done, last).unwrap_or_default();
+            // A hole is reported whole, even when it reaches past this chunk.
+            if let Some(end) = holes.iter().map(|h| h.last).max() {
+                last = last.max(end.min(top));
+            }
+            let events = durable::page(db, self.done, last, &self.filter, usize::MAX, Order::Ascending);
+            let mut events = events.into_iter().peekable();
+            for hole in holes {
+                while let Some(event) = events.next_if(|e| e.id < hole.first) {
+                    self.done = event.id;
+                    self.pending.push_back(Item::Event(event));
+                }
+                let hole_reason = if hole.reason == "store" {
+                    GapReason::Store
+                } else {
+                    GapReason::Restart
+                };
+                self.done = self.done.max(hole.first.saturating_sub(1));
+                if hole.last.min(last) > self.done {
+                    self.gap(hole_reason, hole.last.min(last));
+                }
+            }
+            for event in events {
+                self.pending.push_back(Item::Event(event));
+            }
+            self.done = last;
+        }
         self.catch_up = (self.done < newest).then_some(GapReason::Lagged);
     }
 }

@@ -4,6 +4,10 @@
 //! into JSON (once), appends them to the store and publishes them to live streams. It never
 //! waits on an HTTP client: the store lock is held only for an append, and a broadcast send
 //! never blocks (a slow stream lags on its own instead).
+//!
+//! With a durable store it also hands every stored event, and the accounting that covers it,
+//! to the database writer once per batch (see [`crate::durable`]); it never waits for a commit,
+//! only for an id reservation when the writer is a whole block behind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, trace, warn};
 
+use crate::durable::DurableIngest;
 use crate::json::{self, Record};
 use crate::state::AppState;
 use crate::store::StoredEvent;
@@ -22,16 +27,22 @@ use crate::timefmt::now_ns;
 const INGEST_BATCH: usize = 256;
 
 /// Starts the ingest task. Call it once per [`AppState`]: the task owns id assignment. It ends
-/// when every sender of `rx` is dropped.
+/// when every sender of `rx` is dropped, after handing everything to the database writer; then
+/// [`lpcmon_store::Database::close`] commits it.
 pub fn spawn_ingest(state: AppState, rx: mpsc::Receiver<Output>) -> JoinHandle<()> {
     tokio::spawn(run(state, rx))
 }
 
 async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
-    let next_id = state.store().newest_id().map_or(1, |id| id + 1);
+    let durable = state.database().cloned().map(DurableIngest::new);
+    let next_id = match state.database() {
+        Some(db) => db.next_id(),
+        None => state.store().newest_id().map_or(1, |id| id + 1),
+    };
     let mut ingest = Ingest {
         state,
         next_id,
+        durable,
         malformed_log: LogLimit::new(),
         refused_log: LogLimit::new(),
         loss_log: LogLimit::new(),
@@ -39,8 +50,20 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
     // Take whatever is waiting in one go: one wake-up per batch instead of per event.
     let mut batch = Vec::with_capacity(INGEST_BATCH);
     while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
+        if let Some(durable) = &mut ingest.durable {
+            // Each output stores at most one event.
+            durable
+                .make_room(&ingest.state, ingest.next_id, batch.len())
+                .await;
+        }
         for output in batch.drain(..) {
+            if let Some(durable) = &mut ingest.durable {
+                durable.note(&output);
+            }
             ingest.handle(output);
+        }
+        if let Some(durable) = &mut ingest.durable {
+            durable.flush(&ingest.state);
         }
     }
     debug!("ingest channel closed");
@@ -85,6 +108,7 @@ impl LogLimit {
 struct Ingest {
     state: AppState,
     next_id: u64,
+    durable: Option<DurableIngest>,
     malformed_log: LogLimit,
     refused_log: LogLimit,
     loss_log: LogLimit,
@@ -103,7 +127,7 @@ impl Ingest {
                 self.state
                     .stats()
                     .on_event(&producer, event.header.seq, transport.bytes, now);
-                self.store(&producer, |id| {
+                self.store(&producer, now, |id| {
                     json::event(id, now, &producer, &event, &transport)
                 });
             }
@@ -117,7 +141,7 @@ impl Ingest {
                     );
                 }
                 self.state.stats().on_loss(&producer, &loss, second, now);
-                self.store(&producer, |id| json::loss(id, now, &producer, &loss));
+                self.store(&producer, now, |id| json::loss(id, now, &producer, &loss));
             }
             Output::Connected(producer) => {
                 info!(
@@ -125,7 +149,7 @@ impl Ingest {
                     os = %producer.os, client_pid = producer.client_pid, "producer connected"
                 );
                 self.state.stats().on_connect(&producer, now);
-                self.store(&producer, |id| json::connect(id, now, &producer));
+                self.store(&producer, now, |id| json::connect(id, now, &producer));
             }
             Output::Disconnected { producer, reason } => {
                 info!(
@@ -133,7 +157,9 @@ impl Ingest {
                     "producer disconnected"
                 );
                 self.state.stats().on_disconnect(&producer, reason, now);
-                self.store(&producer, |id| json::disconnect(id, now, &producer, reason));
+                self.store(&producer, now, |id| {
+                    json::disconnect(id, now, &producer, reason)
+                });
             }
             Output::Heartbeat { producer, heartbeat } => {
                 trace!(producer = %producer.instance_hex, ?heartbeat, "heartbeat");
@@ -178,6 +204,7 @@ impl Ingest {
     fn store(
         &mut self,
         producer: &Arc<ProducerInfo>,
+        now: u64,
         build: impl FnOnce(u64) -> Result<Record, serde_json::Error>,
     ) {
         let id = self.next_id;
@@ -202,6 +229,9 @@ impl Ingest {
             search: record.search.into(),
             json: record.json.into(),
         });
+        if let Some(durable) = &mut self.durable {
+            durable.push(&event, now);
+        }
         self.state.store_mut().push(event.clone());
         self.next_id += 1;
         self.state.publish(event);

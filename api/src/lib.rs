@@ -16,6 +16,7 @@
 mod assets;
 mod auth;
 mod config;
+mod durable;
 mod error;
 mod follow;
 mod ingest;
@@ -33,6 +34,7 @@ mod store;
 mod timefmt;
 
 pub use config::ApiConfig;
+pub use durable::restored_instances;
 pub use ingest::spawn_ingest;
 pub use routes::{router, routes};
 pub use serve::serve;

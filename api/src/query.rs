@@ -42,6 +42,22 @@ impl Filter {
             }
             && self.q.as_deref().is_none_or(|q| event.search.contains(q))
     }
+
+    /// The same filter for the durable store's queries.
+    pub fn to_store(&self) -> lpcmon_store::Filter {
+        let (producer_kind, producer_prefix) = match &self.producer {
+            None => (None, None),
+            Some(ProducerMatch::Kind(k)) => (Some(k.name().to_owned()), None),
+            Some(ProducerMatch::Instance(prefix)) => (None, Some(prefix.clone())),
+        };
+        lpcmon_store::Filter {
+            kinds: self.kinds.iter().map(|k| k.name().to_owned()).collect(),
+            pid: self.pid,
+            producer_kind,
+            producer_prefix,
+            q: self.q.clone(),
+        }
+    }
 }
 
 /// `GET /events`.

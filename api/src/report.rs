@@ -20,6 +20,48 @@ pub struct StoreReport {
     pub newest_id: Option<u64>,
     pub evicted: u64,
     pub stored_total: u64,
+    /// The durable store behind the in-memory figures above, unless running `--store memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<DurableReport>,
+}
+
+/// The database: what it holds, its limits, and whether it is writing.
+#[derive(Debug, Serialize)]
+pub struct DurableReport {
+    pub path: String,
+    pub events: u64,
+    /// Bytes of the database file in use (the write-ahead log is not counted).
+    pub bytes: u64,
+    pub retain: u64,
+    pub retain_bytes: u64,
+    pub retain_days: Option<f64>,
+    pub oldest_id: Option<u64>,
+    pub newest_id: Option<u64>,
+    pub evicted: u64,
+    pub stored_total: u64,
+    /// Events it could not write (the `store` loss stage), over its whole life.
+    pub lost: u64,
+    /// The current write error, while writing fails.
+    pub error: Option<String>,
+}
+
+fn durable_report(state: &AppState) -> Option<DurableReport> {
+    let s = state.database()?.status();
+    let retention = s.retention.unwrap_or_default();
+    Some(DurableReport {
+        path: s.path.display().to_string(),
+        events: s.events,
+        bytes: s.bytes,
+        retain: retention.events,
+        retain_bytes: retention.bytes,
+        retain_days: retention.max_age_seconds.map(|s| s as f64 / 86_400.0),
+        oldest_id: s.oldest_id,
+        newest_id: s.newest_id,
+        evicted: s.evicted,
+        stored_total: s.stored_total,
+        lost: s.lost,
+        error: s.error,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +111,7 @@ impl Report {
                 newest_id: occupancy.newest_id,
                 evicted: occupancy.evicted,
                 stored_total: occupancy.stored_total,
+                durable: durable_report(state),
             },
             sse: SseReport {
                 clients: sse.clients.load(Ordering::Relaxed),

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use lpcmon_store::Database;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::ApiConfig;
@@ -18,15 +19,26 @@ pub enum GapReason {
     Evicted,
     /// The client fell behind the live stream and the store evicted events before it caught up.
     Lagged,
+    /// Ids a crashed server had reserved but never committed: skipped on restart, never reused.
+    Restart,
+    /// Ids whose events the durable store could not write (disk full, I/O error).
+    Store,
 }
 
 impl GapReason {
-    pub const ALL: [GapReason; 2] = [GapReason::Evicted, GapReason::Lagged];
+    pub const ALL: [GapReason; 4] = [
+        GapReason::Evicted,
+        GapReason::Lagged,
+        GapReason::Restart,
+        GapReason::Store,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             GapReason::Evicted => "evicted",
             GapReason::Lagged => "lagged",
+            GapReason::Restart => "restart",
+            GapReason::Store => "store",
         }
     }
 }
@@ -35,8 +47,8 @@ impl GapReason {
 #[derive(Debug, Default)]
 pub struct SseCounters {
     pub clients: AtomicU64,
-    gaps: [AtomicU64; 2],
-    missed: [AtomicU64; 2],
+    gaps: [AtomicU64; GapReason::ALL.len()],
+    missed: [AtomicU64; GapReason::ALL.len()],
 }
 
 impl SseCounters {
@@ -57,6 +69,8 @@ impl SseCounters {
 pub(crate) struct Shared {
     pub config: ApiConfig,
     pub store: RwLock<Store>,
+    /// The durable store behind the in-memory tail, unless running with `--store memory`.
+    pub database: Option<Arc<Database>>,
     pub stats: Mutex<Stats>,
     /// New events, for live SSE streams. Bounded: a slow receiver lags instead of holding
     /// the sender back.
@@ -84,11 +98,31 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl AppState {
+    /// A service that keeps events in memory only: `retain` and `retain_bytes` bound them.
     pub fn new(config: ApiConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A service in front of a durable store: `retain` and `retain_bytes` bound the in-memory
+    /// tail, the database has its own limits. The counters the database saved are restored.
+    pub fn with_database(config: ApiConfig, database: Arc<Database>) -> Self {
+        Self::build(config, Some(database))
+    }
+
+    fn build(config: ApiConfig, database: Option<Arc<Database>>) -> Self {
         let (live, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let mut stats = Stats::new(config.max_producers);
+        let store = match &database {
+            Some(db) => {
+                crate::durable::restore_stats(db, &mut stats);
+                Store::tail(config.retain, config.retain_bytes, db.durable_through())
+            }
+            None => Store::new(config.retain, config.retain_bytes),
+        };
         AppState(Arc::new(Shared {
-            store: RwLock::new(Store::new(config.retain, config.retain_bytes)),
-            stats: Mutex::new(Stats::new(config.max_producers)),
+            store: RwLock::new(store),
+            database,
+            stats: Mutex::new(stats),
             live,
             sse: SseCounters::default(),
             closing: watch::Sender::new(false),
@@ -130,6 +164,24 @@ impl AppState {
 
     pub(crate) fn notices(&self) -> Vec<String> {
         read(&self.0.notices).clone()
+    }
+
+    /// The durable store, if there is one.
+    pub fn database(&self) -> Option<&Arc<Database>> {
+        self.0.database.as_ref()
+    }
+
+    /// The newest id stored: in the tail, else in the database.
+    pub(crate) fn newest_id(&self) -> Option<u64> {
+        let tail = self.store().newest_id();
+        tail.or_else(|| self.database().and_then(|db| db.status().newest_id))
+    }
+
+    /// The oldest id held: in the database, else in the tail.
+    pub(crate) fn oldest_id(&self) -> Option<u64> {
+        let tail = self.store().oldest_id();
+        let disk = self.database().and_then(|db| db.status().oldest_id);
+        disk.or(tail)
     }
 
     pub(crate) fn store(&self) -> RwLockReadGuard<'_, Store> {

@@ -14,6 +14,9 @@ use serde::Serialize;
 use crate::kind::{Kind, PRODUCER_KINDS};
 use crate::timefmt::rfc3339_ns;
 
+mod saved;
+pub use saved::{SavedRecord, producer_kind};
+
 const REFUSE_REASONS: [RefuseReason; 6] = [
     RefuseReason::UnsupportedVersion,
     RefuseReason::Unauthorised,

@@ -1,9 +1,14 @@
-//! The event store: a ring bounded by event count and by bytes (invariant 2).
+//! The in-memory event store: a ring bounded by event count and by bytes (invariant 2). With a
+//! durable store (`lpcmon-store`) it is the hot tail in front of the database; alone, it is all
+//! there is (`--store memory`).
 //!
-//! Ids are dense (every stored event takes the next one), so the ring is a `VecDeque` and an
-//! id's slot is `id - oldest_id`: lookups are O(1) and a page is a slice. Events are shared as
-//! `Arc`s with the SSE broadcast, so a slow stream holds no copy of its own.
+//! Ids are dense within one run (every stored event takes the next one), so the ring is a
+//! `VecDeque` and an id's slot is `id - oldest_id`: lookups are O(1) and a page is a slice.
+//! Events are shared as `Arc`s with the SSE broadcast and the database writer, so neither holds
+//! a copy of its own. In front of a database the ring forgets an event only once the writer
+//! has settled it, so every id is always in one of the two.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -20,8 +25,8 @@ pub struct StoredEvent {
     pub pid: Option<u32>,
     pub producer: Arc<ProducerInfo>,
     /// Lowercased executable, command line and image path joined by `\n`, for `q`.
-    pub search: Box<str>,
-    pub json: Box<str>,
+    pub search: Arc<str>,
+    pub json: Arc<str>,
 }
 
 impl StoredEvent {
@@ -49,6 +54,10 @@ pub struct Store {
     bytes: usize,
     retain: usize,
     retain_bytes: usize,
+    pushed: u64,
+    evicted: u64,
+    /// With a database: the highest id the writer has settled; nothing newer may be forgotten.
+    durable_through: Option<Arc<AtomicU64>>,
 }
 
 impl Store {
@@ -60,7 +69,24 @@ impl Store {
             bytes: 0,
             retain: retain.max(1),
             retain_bytes,
+            pushed: 0,
+            evicted: 0,
+            durable_through: None,
         }
+    }
+
+    /// The hot tail in front of a database whose writer publishes `durable_through`.
+    pub fn tail(retain: usize, retain_bytes: usize, durable_through: Arc<AtomicU64>) -> Self {
+        Store {
+            durable_through: Some(durable_through),
+            ..Store::new(retain, retain_bytes)
+        }
+    }
+
+    fn may_forget(&self, id: u64) -> bool {
+        self.durable_through
+            .as_ref()
+            .is_none_or(|d| id <= d.load(Ordering::Acquire))
     }
 
     /// Appends the next event (its id must be the newest plus one) and evicts the oldest
@@ -71,10 +97,15 @@ impl Store {
             "ids must be dense"
         );
         self.bytes += event.cost();
+        self.pushed += 1;
         self.events.push_back(event);
-        while self.events.len() > 1 && (self.events.len() > self.retain || self.bytes > self.retain_bytes) {
+        while self.events.len() > 1
+            && (self.events.len() > self.retain || self.bytes > self.retain_bytes)
+            && self.events.front().is_some_and(|e| self.may_forget(e.id))
+        {
             if let Some(old) = self.events.pop_front() {
                 self.bytes -= old.cost();
+                self.evicted += 1;
             }
         }
     }
@@ -107,16 +138,13 @@ impl Store {
     }
 
     pub fn occupancy(&self) -> Occupancy {
-        // Ids are dense from 1 (checked in `push`), so the newest id is how many were ever
-        // stored, and whatever of those is not held was evicted.
-        let stored_total = self.newest_id().unwrap_or(0);
         Occupancy {
             events: self.events.len(),
             bytes: self.bytes,
             oldest_id: self.oldest_id(),
             newest_id: self.newest_id(),
-            evicted: stored_total - self.events.len() as u64,
-            stored_total,
+            evicted: self.evicted,
+            stored_total: self.pushed,
         }
     }
 }
@@ -178,6 +206,20 @@ mod tests {
         s.push(event(5, one * 10));
         let o = s.occupancy();
         assert_eq!((o.events, o.oldest_id, o.evicted), (1, Some(5), 4));
+    }
+
+    #[test]
+    fn a_tail_keeps_what_the_writer_has_not_settled() {
+        let durable = Arc::new(AtomicU64::new(2));
+        let mut s = Store::tail(2, usize::MAX, durable.clone());
+        for id in 1..=5 {
+            s.push(event(id, 1));
+        }
+        assert_eq!((s.oldest_id(), s.occupancy().evicted), (Some(3), 2));
+        durable.store(5, Ordering::Release);
+        s.push(event(6, 1));
+        assert_eq!((s.oldest_id(), s.occupancy().events), (Some(5), 2));
+        assert_eq!(s.occupancy().stored_total, 6);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Command {
     Sensor(SensorArgs),
     /// Run the synthetic load generator against a port.
     Loadgen(LoadgenArgs),
+    /// Write the events of a store file to stdout (works while a server writes it).
+    Export(ExportArgs),
     /// Install, remove or run lpcmon as a Windows service (LocalSystem).
     #[cfg(windows)]
     #[command(subcommand)]
@@ -77,12 +79,28 @@ pub struct ServeArgs {
     /// /run/lpcmon/events.sock as root, else $XDG_RUNTIME_DIR/lpcmon/events.sock.
     #[arg(long)]
     pub port: Option<String>,
-    /// Events the store keeps.
+    /// Where events, ids and loss accounting are kept: an SQLite file, or `memory` (lost at
+    /// exit). Default: /var/lib/lpcmon/events.db as root, else
+    /// $XDG_STATE_HOME/lpcmon/events.db (~/.local/state/lpcmon/events.db).
+    #[arg(long, value_name = "PATH|memory")]
+    pub store: Option<String>,
+    /// Events the store keeps [default: 100000 in memory, 10000000 in a file].
+    #[arg(long)]
+    pub retain: Option<usize>,
+    /// Bytes the store keeps: in memory, or of the database file on disk [default: 64 MiB in
+    /// memory, 1 GiB in a file].
+    #[arg(long)]
+    pub retain_bytes: Option<u64>,
+    /// Days a file store keeps events (fractions allowed); older ones are deleted.
+    #[arg(long)]
+    pub retain_days: Option<f64>,
+    /// Events the in-memory tail in front of a file store keeps, for live streams and recent
+    /// pages.
     #[arg(long, default_value_t = 100_000)]
-    pub retain: usize,
-    /// Bytes the store keeps.
+    pub tail: usize,
+    /// Bytes the in-memory tail in front of a file store keeps.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub retain_bytes: usize,
+    pub tail_bytes: usize,
     /// Require `Authorization: Bearer TOKEN` (or ?token= on the stream). There is no default.
     #[arg(long, env = "LPCMON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -106,6 +124,29 @@ pub struct ServeArgs {
     /// legacy LPC fragmentation.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_message: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One event's JSON per line, as `GET /events` serves it.
+    Ndjson,
+    /// A header line, then `id,time_ns,kind,pid,producer_kind,producer,json` per event.
+    Csv,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The store file. Default as for `serve --store`.
+    #[arg(long)]
+    pub store: Option<std::path::PathBuf>,
+    /// Only events with ids above this.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// Only events of these kinds (comma-separated, e.g. process.exec,loss).
+    #[arg(long, value_delimiter = ',')]
+    pub kind: Vec<String>,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+    pub format: ExportFormat,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -138,6 +179,25 @@ pub struct LoadgenArgs {
     /// Largest message to send; events above it are fragmented (608 = legacy LPC on x64).
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_message: usize,
+}
+
+/// Where `--store` is when not given: the service's state directory as root, else the user's.
+pub fn default_store() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    #[cfg(unix)]
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/lpcmon/events.db");
+    }
+    #[cfg(windows)]
+    if let Some(dir) = std::env::var_os("ProgramData") {
+        return PathBuf::from(dir).join(r"lpcmon\events.db");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("lpcmon/events.db")
 }
 
 /// The default port: DESIGN §6.

@@ -13,7 +13,9 @@ use lpcmon_protocol::server::ServerConfig;
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, LoadgenArgs, SensorArgs, ServeArgs};
+use cli::{Cli, Command, ExportArgs, LoadgenArgs, SensorArgs, ServeArgs};
+use lpcmon_protocol::server::RestoredInstance;
+use lpcmon_store::Database;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -26,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Sensor(args)) => sensor(args),
         Some(Command::Loadgen(args)) => loadgen(args),
+        Some(Command::Export(args)) => export(args),
         #[cfg(windows)]
         Some(Command::Service(cmd)) => windows_service(cmd),
     }
@@ -82,15 +85,35 @@ async fn serve_until(
         );
     }
     let port = args.port.clone().unwrap_or_else(cli::default_port);
-    let state = AppState::new(ApiConfig {
-        retain: args.retain,
-        retain_bytes: args.retain_bytes,
-        token: args.token.clone(),
-        ..ApiConfig::default()
-    });
+    let database = open_store(&args)?;
+    let (state, restored) = match &database {
+        Some(db) => (
+            AppState::with_database(
+                ApiConfig {
+                    retain: args.tail,
+                    retain_bytes: args.tail_bytes,
+                    token: args.token.clone(),
+                    ..ApiConfig::default()
+                },
+                db.clone(),
+            ),
+            lpcmon_api::restored_instances(db),
+        ),
+        None => (
+            AppState::new(ApiConfig {
+                retain: args.retain.unwrap_or(100_000),
+                retain_bytes: args
+                    .retain_bytes
+                    .map_or(64 * 1024 * 1024, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+                token: args.token.clone(),
+                ..ApiConfig::default()
+            }),
+            Vec::new(),
+        ),
+    };
     let (ingest_tx, ingest_rx) = mpsc::channel(args.ingest_capacity.max(1));
     let ingest = lpcmon_api::spawn_ingest(state.clone(), ingest_rx);
-    let port_server = start_port(&args, &port, ingest_tx)?;
+    let port_server = start_port(&args, &port, ingest_tx, restored)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -108,8 +131,74 @@ async fn serve_until(
     tokio::task::spawn_blocking(move || stop_port(port_server))
         .await
         .context("port server shutdown")??;
-    ingest.abort();
+    // The port server is gone, so the ingest channel's senders are: the ingest task drains
+    // what is left and ends. Then the store commits everything (a graceful stop loses nothing).
+    let mut ingest = ingest;
+    if tokio::time::timeout(std::time::Duration::from_secs(30), &mut ingest)
+        .await
+        .is_err()
+    {
+        tracing::error!("the ingest task did not finish within 30 s; stopping it");
+        ingest.abort();
+    }
+    if let Some(db) = database {
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .context("store shutdown")?;
+    }
     Ok(())
+}
+
+/// Opens the durable store `--store` names, or `None` for `--store memory`.
+fn open_store(args: &ServeArgs) -> anyhow::Result<Option<Arc<Database>>> {
+    let path = match args.store.as_deref() {
+        Some("memory") => return Ok(None),
+        Some(path) => std::path::PathBuf::from(path),
+        None => cli::default_store(),
+    };
+    let day = 86_400.0;
+    if let Some(days) = args.retain_days {
+        if !(days > 0.0 && days * day < u64::MAX as f64) {
+            bail!("--retain-days must be a positive number of days, not {days}");
+        }
+    }
+    let retention = lpcmon_store::Retention {
+        events: args.retain.map_or(10_000_000, |n| n as u64),
+        bytes: args.retain_bytes.unwrap_or(1 << 30),
+        max_age: args
+            .retain_days
+            .map(|d| std::time::Duration::from_secs_f64(d * day)),
+    };
+    let db = Database::open(&path, retention)?;
+    Ok(Some(Arc::new(db)))
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = args.store.unwrap_or_else(cli::default_store);
+    let filter = lpcmon_store::Filter {
+        kinds: args.kind,
+        ..lpcmon_store::Filter::default()
+    };
+    let format = match args.format {
+        cli::ExportFormat::Ndjson => lpcmon_store::ExportFormat::Ndjson,
+        cli::ExportFormat::Csv => lpcmon_store::ExportFormat::Csv,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match lpcmon_store::export(&path, args.after, &filter, format, &mut out) {
+        Ok(n) => {
+            tracing::info!(events = n, path = %path.display(), "exported");
+            out.flush().ok();
+            Ok(())
+        }
+        // `lpcmon export | head` closes the pipe early: not an error.
+        Err(lpcmon_store::ExportError::Read(lpcmon_store::StoreError::Io(e)))
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(unix)]
@@ -120,6 +209,7 @@ fn start_port(
     args: &ServeArgs,
     port: &str,
     ingest: alpc_server::dispatch::IngestSender,
+    restored: Vec<RestoredInstance>,
 ) -> anyhow::Result<PortServer> {
     use alpc_server::dispatch::Dispatcher;
     use alpc_server::unix::{UnixPortConfig, UnixPortServer};
@@ -131,6 +221,7 @@ fn start_port(
         },
         ingest,
     ));
+    dispatcher.restore_instances(restored);
     let config = UnixPortConfig {
         max_message: args.max_message,
         ..UnixPortConfig::new(port)
@@ -152,6 +243,7 @@ fn start_port(
     args: &ServeArgs,
     port: &str,
     ingest: alpc_server::dispatch::IngestSender,
+    restored: Vec<RestoredInstance>,
 ) -> anyhow::Result<PortServer> {
     use alpc_server::decide::PortApi;
     use alpc_server::dispatch::Dispatcher;
@@ -169,6 +261,7 @@ fn start_port(
         },
         ingest,
     ));
+    dispatcher.restore_instances(restored);
     let config = WindowsPortConfig {
         port_name: port.to_owned(),
         api,

@@ -132,6 +132,8 @@ impl Server {
             lpcmon()
                 .args([
                     "serve",
+                    "--store",
+                    "memory",
                     "--sensor",
                     "none",
                     "--listen",

@@ -285,16 +285,20 @@ pub enum LossStage {
     ServerIngest = 5,
     /// The Linux kernel dropped proc-connector messages (ENOBUFS) before the sensor read them.
     Kernel = 6,
+    /// The server received the event but could not write it to its database (disk full, I/O
+    /// error). Only the server reports it; it never travels on the wire from a producer.
+    Store = 7,
 }
 
 impl LossStage {
-    pub const ALL: [LossStage; 6] = [
+    pub const ALL: [LossStage; 7] = [
         Self::ProducerQueue,
         Self::ProducerSend,
         Self::Transport,
         Self::Reassembly,
         Self::ServerIngest,
         Self::Kernel,
+        Self::Store,
     ];
 
     pub fn name(self) -> &'static str {
@@ -305,6 +309,7 @@ impl LossStage {
             Self::Reassembly => "reassembly",
             Self::ServerIngest => "server_ingest",
             Self::Kernel => "kernel",
+            Self::Store => "store",
         }
     }
 
@@ -316,6 +321,7 @@ impl LossStage {
             4 => Self::Reassembly,
             5 => Self::ServerIngest,
             6 => Self::Kernel,
+            7 => Self::Store,
             _ => return Err(DecodeError::InvalidValue("loss stage")),
         })
     }

@@ -93,16 +93,16 @@ pub async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("an event id is a positive integer, not {id:?}")))?;
-    let store = state.store();
-    let Some(event) = store.get(id) else {
-        let held = match (store.oldest_id(), store.newest_id()) {
+    let in_tail = state.store().get(id).cloned();
+    let found = in_tail.or_else(|| state.database().and_then(|db| crate::durable::get(db, id)));
+    let Some(event) = found else {
+        let held = match (state.oldest_id(), state.newest_id()) {
             (Some(oldest), Some(newest)) => format!("the store holds ids {oldest} to {newest}"),
             _ => "the store is empty".to_owned(),
         };
         return Err(ApiError::NotFound(format!("no event with id {id}: {held}")));
     };
     let json = event.json.to_string();
-    drop(store);
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         json,

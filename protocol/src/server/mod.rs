@@ -15,4 +15,6 @@ mod reassembly;
 mod sequence;
 mod session;
 
-pub use session::{Action, ConnId, Output, ProducerInfo, Server, ServerConfig, TransportInfo};
+pub use session::{
+    Action, ConnId, Output, ProducerInfo, RestoredInstance, Server, ServerConfig, TransportInfo,
+};

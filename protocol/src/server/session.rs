@@ -171,6 +171,18 @@ struct Instance {
     last_active: u64,
 }
 
+/// A producer instance's sequence state as a previous run of the server left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredInstance {
+    pub instance: [u8; 16],
+    pub kind: ProducerKind,
+    /// The lowest sequence number not yet delivered or declared lost.
+    pub next_seq: u64,
+    /// Running totals of `producer_queue` and `kernel` drops already counted.
+    pub queue_drops: u64,
+    pub kernel_drops: u64,
+}
+
 /// Every connection and producer instance of one port.
 pub struct Server {
     config: ServerConfig,
@@ -362,6 +374,39 @@ impl Server {
         }
         .to_vec();
         Action::Accept { reply }
+    }
+
+    /// Seeds the sequence state of a producer instance from a previous run of the server (its
+    /// durable store), before the producer reconnects: everything below `next_seq` was already
+    /// delivered or declared lost, and the stages without sequence numbers were counted up to
+    /// the given running totals. A reconnecting producer whose sequence has moved on then shows
+    /// the numbers in between as a gap (counted `transport` loss unless it reports them), and
+    /// its running totals are not counted twice.
+    pub fn restore_instance(&mut self, restored: RestoredInstance) {
+        let hex_id = hex(&restored.instance);
+        let producer = Arc::new(ProducerInfo {
+            conn: 0,
+            kind: restored.kind,
+            instance: restored.instance,
+            instance_hex: hex_id,
+            version: 0,
+            os: String::new(),
+            os_build: 0,
+            client_pid: 0,
+            max_message: 0,
+            connected_at: 0,
+        });
+        self.instances.insert(
+            restored.instance,
+            Instance {
+                tracker: SequenceTracker::new(restored.next_seq.max(1)),
+                queue_drops: restored.queue_drops,
+                kernel_drops: restored.kernel_drops,
+                producer,
+                live: false,
+                last_active: 0,
+            },
+        );
     }
 
     fn remember_instance(&mut self, now: u64, hello: &Hello<'_>, producer: &Arc<ProducerInfo>) {

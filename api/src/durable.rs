@@ -1,0 +1,355 @@
+//! The HTTP service's side of the durable store (`lpcmon-store`): what the ingest task hands
+//! the database writer, the accounting committed with it, and reading events back.
+//!
+//! Ids: the ingest task publishes an id as soon as it lies within the block the writer has
+//! reserved in a committed transaction ([`Database::reserved_until`]), so live streams never
+//! wait for the disk, and an id that a client saw is never given to another event, even after
+//! `kill -9`. When the writer falls a whole block behind, the ingest task waits for it.
+//!
+//! Accounting: each producer instance's sequence position (the lowest number not yet delivered
+//! or declared lost) and running drop totals are committed in the same transaction as the
+//! events they cover, with the `/stats` counters. After a crash the dispatcher is seeded with
+//! them, so whatever was received but not committed shows up as a gap when the producer
+//! reconnects, and is counted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lpcmon_protocol::message::{LossStage, ProducerKind};
+use lpcmon_protocol::server::{Output, ProducerInfo, RestoredInstance};
+use lpcmon_store::{Database, EventRow, Ledger, MAX_QUEUED, NewEvent, Order, PageQuery, ProducerLedger};
+use serde::{Deserialize, Serialize};
+use tracing::{error, warn};
+
+use crate::kind::Kind;
+use crate::query::Filter;
+use crate::state::AppState;
+use crate::stats::{SavedRecord, Stats, producer_kind};
+use crate::store::StoredEvent;
+
+/// What a producer's ledger record holds besides its sequence position.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedInstance {
+    queue_drops: u64,
+    kernel_drops: u64,
+    /// The `/stats` counters ([`Stats::save_producer`]).
+    stats: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    kind: ProducerKind,
+    /// 0 until the first sequence number is seen: then the instance is not restored into the
+    /// dispatcher (its first number is unknown), only its counters are.
+    next_seq: u64,
+    queue_drops: u64,
+    kernel_drops: u64,
+}
+
+fn parse_hex(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Restores the `/stats` counters a previous run committed.
+pub fn restore_stats(db: &Database, stats: &mut Stats) {
+    let saved: Vec<(String, [u8; 16], String)> = db
+        .restored_producers()
+        .iter()
+        .filter_map(|p| {
+            let instance = parse_hex(&p.instance)?;
+            let s: SavedInstance = serde_json::from_str(&p.counters).ok()?;
+            Some((p.instance.clone(), instance, s.stats?.to_string()))
+        })
+        .collect();
+    let records = saved.iter().map(|(hex, instance, counters)| SavedRecord {
+        instance: *instance,
+        instance_hex: hex,
+        counters,
+    });
+    if let Err(e) = stats.restore(records, db.restored_totals()) {
+        warn!(error = %e, "could not restore the saved counters; they start from zero");
+    }
+}
+
+/// The producer instances whose sequence state the dispatcher must be seeded with.
+pub fn restored_instances(db: &Database) -> Vec<RestoredInstance> {
+    db.restored_producers()
+        .iter()
+        .filter(|p| p.next_seq > 0)
+        .filter_map(|p| {
+            let saved: SavedInstance = serde_json::from_str(&p.counters).unwrap_or_default();
+            Some(RestoredInstance {
+                instance: parse_hex(&p.instance)?,
+                kind: producer_kind(&p.kind)?,
+                next_seq: p.next_seq,
+                queue_drops: saved.queue_drops,
+                kernel_drops: saved.kernel_drops,
+            })
+        })
+        .collect()
+}
+
+/// The ingest task's link to the database writer.
+pub struct DurableIngest {
+    db: Arc<Database>,
+    pending: Vec<NewEvent>,
+    positions: HashMap<[u8; 16], Position>,
+    dirty: BTreeSet<[u8; 16]>,
+    names: HashMap<[u8; 16], Arc<str>>,
+    notice: Option<String>,
+}
+
+impl DurableIngest {
+    pub fn new(db: Arc<Database>) -> Self {
+        let positions = restored_instances(&db)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.instance,
+                    Position {
+                        kind: r.kind,
+                        next_seq: r.next_seq,
+                        queue_drops: r.queue_drops,
+                        kernel_drops: r.kernel_drops,
+                    },
+                )
+            })
+            .collect();
+        DurableIngest {
+            db,
+            pending: Vec::new(),
+            positions,
+            dirty: BTreeSet::new(),
+            names: HashMap::new(),
+            notice: None,
+        }
+    }
+
+    /// Follows each producer's sequence position from what the dispatcher delivers: it
+    /// delivers every instance's numbers in order, so the position is a resolved prefix.
+    pub fn note(&mut self, output: &Output) {
+        let (producer, seq_end, totals) = match output {
+            Output::Event { producer, event, .. } => (producer, Some(event.header.seq + 1), None),
+            Output::Loss { producer, loss } => match loss.stage {
+                LossStage::ProducerQueue | LossStage::Kernel => (producer, None, Some((loss.stage, loss.total))),
+                LossStage::Store => (producer, None, None),
+                _ => (producer, Some(loss.last_seq + 1), None),
+            },
+            Output::Connected(producer)
+            | Output::Disconnected { producer, .. }
+            | Output::Heartbeat { producer, .. }
+            | Output::Stale { producer, .. } => (producer, None, None),
+            Output::Malformed {
+                producer: Some(producer),
+                ..
+            } => (producer, None, None),
+            Output::Malformed { producer: None, .. } | Output::Refused { .. } => return,
+        };
+        let p = self.positions.entry(producer.instance).or_insert(Position {
+            kind: producer.kind,
+            next_seq: 0,
+            queue_drops: 0,
+            kernel_drops: 0,
+        });
+        p.kind = producer.kind;
+        if let Some(end) = seq_end {
+            p.next_seq = p.next_seq.max(end);
+        }
+        match totals {
+            Some((LossStage::Kernel, total)) => p.kernel_drops = p.kernel_drops.max(total),
+            Some((_, total)) => p.queue_drops = p.queue_drops.max(total),
+            None => {}
+        }
+        self.dirty.insert(producer.instance);
+    }
+
+    /// Queues a stored event for the writer.
+    pub fn push(&mut self, event: &StoredEvent, time_ns: u64) {
+        let producer = self
+            .names
+            .entry(event.producer.instance)
+            .or_insert_with(|| Arc::from(event.producer.instance_hex.as_str()))
+            .clone();
+        self.pending.push(NewEvent {
+            id: event.id,
+            time_ns,
+            kind: event.kind.name(),
+            pid: event.pid,
+            producer_kind: event.producer.kind.name(),
+            producer,
+            search: event.search.clone(),
+            json: event.json.clone(),
+        });
+    }
+
+    /// Waits, if it must, until `count` more ids may be published and the writer has room:
+    /// ids past the committed reservation could be reused after a crash.
+    pub async fn make_room(&mut self, state: &AppState, next_id: u64, count: usize) {
+        let needed = next_id + count as u64 - 1;
+        if needed <= self.db.reserved_until() && self.db.queued() < MAX_QUEUED {
+            return;
+        }
+        self.flush(state);
+        let mut waited = 0u32;
+        while needed > self.db.reserved_until() || self.db.queued() >= MAX_QUEUED {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            waited += 1;
+            if waited % 5000 == 0 {
+                warn!(
+                    needed, reserved = self.db.reserved_until(), queued = self.db.queued(),
+                    "ingest is waiting for the store writer"
+                );
+            }
+        }
+    }
+
+    /// Hands the queued events and the accounting that covers them to the writer, and takes
+    /// back what it could not write.
+    pub fn flush(&mut self, state: &AppState) {
+        let ledger = if self.dirty.is_empty() && self.pending.is_empty() {
+            None
+        } else {
+            let stats = state.stats();
+            let producers = std::mem::take(&mut self.dirty)
+                .into_iter()
+                .filter_map(|instance| {
+                    let p = self.positions.get(&instance)?;
+                    let saved = SavedInstance {
+                        queue_drops: p.queue_drops,
+                        kernel_drops: p.kernel_drops,
+                        stats: stats
+                            .save_producer(&instance)
+                            .and_then(|s| serde_json::from_str(&s).ok()),
+                    };
+                    Some(ProducerLedger {
+                        instance: self
+                            .names
+                            .get(&instance)
+                            .map_or_else(|| hex(&instance), |n| n.to_string()),
+                        kind: p.kind.name().to_owned(),
+                        next_seq: p.next_seq,
+                        counters: serde_json::to_string(&saved).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            Some(Ledger {
+                producers,
+                totals: Some(stats.save_totals()),
+            })
+        };
+        if let Some(ledger) = ledger {
+            self.db.append(std::mem::take(&mut self.pending), ledger);
+        }
+        let failures = self.db.take_failures();
+        if !failures.is_empty() {
+            let second = state.uptime_seconds();
+            let mut stats = state.stats();
+            for f in failures {
+                if let Some(instance) = parse_hex(&f.producer) {
+                    stats.on_store_loss(&instance, f.count, second);
+                }
+            }
+        }
+        let error = self.db.status().error;
+        if error != self.notice {
+            if let Some(old) = self.notice.take() {
+                state.remove_notice(&old);
+            }
+            if let Some(new) = &error {
+                state.add_notice(new.clone());
+            }
+            self.notice = error;
+        }
+    }
+}
+
+fn hex(bytes: &[u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The database's form of an API filter.
+pub fn store_filter(filter: &Filter) -> lpcmon_store::Filter {
+    filter.to_store()
+}
+
+/// Events read back from the database, in the in-memory form pages and streams use. Only
+/// `json`, `id`, `kind`, `pid` and the producer's kind and instance are filled in: the rest of
+/// the producer's details are in the JSON.
+fn to_events(rows: Vec<EventRow>) -> Vec<Arc<StoredEvent>> {
+    let mut producers: HashMap<String, Arc<ProducerInfo>> = HashMap::new();
+    rows.into_iter()
+        .filter_map(|row| {
+            let kind = Kind::parse(&row.kind)?;
+            let producer = producers
+                .entry(row.producer.clone())
+                .or_insert_with(|| {
+                    Arc::new(ProducerInfo {
+                        conn: 0,
+                        kind: producer_kind(&row.producer_kind).unwrap_or(ProducerKind::Loadgen),
+                        instance: parse_hex(&row.producer).unwrap_or_default(),
+                        instance_hex: row.producer.clone(),
+                        version: 0,
+                        os: String::new(),
+                        os_build: 0,
+                        client_pid: 0,
+                        max_message: 0,
+                        connected_at: 0,
+                    })
+                })
+                .clone();
+            Some(Arc::new(StoredEvent {
+                id: row.id,
+                kind,
+                pid: row.pid,
+                producer,
+                search: Arc::from(""),
+                json: Arc::from(row.json),
+            }))
+        })
+        .collect()
+}
+
+/// Matching events with ids in `after < id <= through` from the database. A read error is
+/// logged and reads as no events: the in-memory tail still serves.
+pub fn page(
+    db: &Database,
+    after: u64,
+    through: u64,
+    filter: &Filter,
+    limit: usize,
+    order: Order,
+) -> Vec<Arc<StoredEvent>> {
+    let filter = store_filter(filter);
+    match db.page(&PageQuery {
+        after,
+        through,
+        filter: &filter,
+        limit,
+        order,
+    }) {
+        Ok(rows) => to_events(rows),
+        Err(e) => {
+            error!(error = %e, "cannot read events from the store");
+            Vec::new()
+        }
+    }
+}
+
+/// The stored event with this id, if the database has it.
+pub fn get(db: &Database, id: u64) -> Option<Arc<StoredEvent>> {
+    match db.get(id) {
+        Ok(row) => to_events(row.into_iter().collect()).pop(),
+        Err(e) => {
+            error!(error = %e, id, "cannot read an event from the store");
+            None
+        }
+    }
+}

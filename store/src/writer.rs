@@ -545,6 +545,14 @@ impl Writer {
             let _ = self.conn.pragma_update(None, "synchronous", "FULL");
         }
         let result = self.write(events, extend_to);
+        if result.is_err() && !self.conn.is_autocommit() {
+            // The transaction's drop tried to roll back; if that failed too (a full disk can
+            // fail it), the connection is still inside the transaction and every later commit
+            // would fail. Roll back explicitly so writing can resume.
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                warn!(error = %e, "the store could not roll back a failed commit; will retry");
+            }
+        }
         if extend_to.is_some() {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }

@@ -343,10 +343,31 @@ fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
             Action::None | Action::Reply { .. } => {}
         }
     }
+    if established && shared.stop.load(Ordering::Relaxed) {
+        drain(shared, id, pid, &conn, &mut buf);
+    }
     if established {
         shared
             .dispatcher
             .handle(id, &header(shared, closing_kind, 0, pid), &[]);
+    }
+}
+
+/// On a graceful stop, takes what the producer had already sent before the connection closes,
+/// so nothing the kernel accepted on the server's behalf is lost. Shutting the read side first
+/// makes the producer's later sends fail at once (it counts those itself), so this ends.
+fn drain(shared: &Shared, id: ConnId, pid: u64, conn: &OwnedFd, buf: &mut [u8]) {
+    let _ = socket::shutdown(conn.as_raw_fd(), socket::Shutdown::Read);
+    loop {
+        match socket::recv(conn.as_raw_fd(), buf, MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let n = n.min(buf.len());
+                shared
+                    .dispatcher
+                    .handle(id, &header(shared, lpc::DATAGRAM, n, pid), &buf[..n]);
+            }
+        }
     }
 }
 

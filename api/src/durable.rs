@@ -187,6 +187,7 @@ impl DurableIngest {
             producer,
             search: event.search.clone(),
             json: event.json.clone(),
+            counted: matches!(event.kind, Kind::Event(_)),
         });
     }
 

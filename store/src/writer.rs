@@ -43,6 +43,9 @@ pub struct NewEvent {
     pub producer: Arc<str>,
     pub search: Arc<str>,
     pub json: Arc<str>,
+    /// Whether this is a producer's event (not a record of a connect, disconnect or loss):
+    /// only those are reported back per producer when they cannot be written.
+    pub counted: bool,
 }
 
 /// A producer instance's accounting: where its sequence stands and its counters (an opaque
@@ -76,7 +79,8 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
-/// Events of one producer that could not be written.
+/// Events of one producer that could not be written (records of connects, disconnects and
+/// losses are counted in [`DiskStatus::lost`] only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreFailure {
     pub producer: Arc<str>,
@@ -396,7 +400,7 @@ impl Drop for Database {
 
 fn record_failure(shared: &Shared, events: &[NewEvent]) {
     let mut failures = lock(&shared.failures);
-    for e in events {
+    for e in events.iter().filter(|e| e.counted) {
         *failures.entry(e.producer.clone()).or_default() += 1;
     }
     lock(&shared.status).lost += events.len() as u64;

@@ -25,6 +25,7 @@ fn event(id: u64, kind: &'static str, search: &str) -> NewEvent {
         producer: Arc::from(if id % 2 == 0 { "aa00" } else { "bb00" }),
         search: Arc::from(search),
         json: Arc::from(format!(r#"{{"id":{id},"kind":"{kind}"}}"#)),
+        counted: kind != "loss",
     }
 }
 

@@ -175,11 +175,15 @@ impl Stats {
         Ok(())
     }
 
-    /// Events of a producer that the database could not write: the `store` loss stage.
+    /// Events of a producer that the database could not write: they move from stored to the
+    /// `store` loss stage, so produced = stored + losses still holds.
     pub fn on_store_loss(&mut self, instance: &[u8; 16], count: u64, second: u64) {
         let stage = LossStage::Store.name();
         if let Some(p) = self.producers.get_mut(instance) {
+            p.events = p.events.saturating_sub(count);
             *p.losses.entry(stage).or_default() += count;
+            let totals = self.by_producer_kind.entry(p.info.kind.name()).or_default();
+            totals.events = totals.events.saturating_sub(count);
         }
         *self.losses_by_stage.entry(stage).or_default() += count;
         self.lost_rate.add(second, count);
@@ -218,6 +222,8 @@ mod tests {
             total: 3,
         };
         stats.on_loss(&info, &loss, 0, 7);
+        stats.on_event(&info, 2, 100, 6);
+        stats.on_event(&info, 3, 100, 6);
         stats.on_store_loss(&[7; 16], 2, 0);
         let producer = stats.save_producer(&[7; 16]).unwrap();
         let totals = stats.save_totals();

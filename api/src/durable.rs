@@ -139,7 +139,9 @@ impl DurableIngest {
         let (producer, seq_end, totals) = match output {
             Output::Event { producer, event, .. } => (producer, Some(event.header.seq + 1), None),
             Output::Loss { producer, loss } => match loss.stage {
-                LossStage::ProducerQueue | LossStage::Kernel => (producer, None, Some((loss.stage, loss.total))),
+                LossStage::ProducerQueue | LossStage::Kernel => {
+                    (producer, None, Some((loss.stage, loss.total)))
+                }
                 LossStage::Store => (producer, None, None),
                 _ => (producer, Some(loss.last_seq + 1), None),
             },
@@ -205,7 +207,9 @@ impl DurableIngest {
             waited += 1;
             if waited % 5000 == 0 {
                 warn!(
-                    needed, reserved = self.db.reserved_until(), queued = self.db.queued(),
+                    needed,
+                    reserved = self.db.reserved_until(),
+                    queued = self.db.queued(),
                     "ingest is waiting for the store writer"
                 );
             }

@@ -173,7 +173,13 @@ impl Follower {
 
     /// Queues the next chunk of ids after `done` that only the database holds: the events, and
     /// a gap for every hole, in id order.
-    fn read_database(&mut self, db: &Database, reason: GapReason, tail_oldest: Option<u64>, tail_newest: Option<u64>) {
+    fn read_database(
+        &mut self,
+        db: &Database,
+        reason: GapReason,
+        tail_oldest: Option<u64>,
+        tail_newest: Option<u64>,
+    ) {
         let status = db.status();
         let Some(newest) = tail_newest.or(status.newest_id) else {
             self.catch_up = None;

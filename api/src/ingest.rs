@@ -157,9 +157,7 @@ impl Ingest {
                     "producer disconnected"
                 );
                 self.state.stats().on_disconnect(&producer, reason, now);
-                self.store(&producer, now, |id| {
-                    json::disconnect(id, now, &producer, reason)
-                });
+                self.store(&producer, now, |id| json::disconnect(id, now, &producer, reason));
             }
             Output::Heartbeat { producer, heartbeat } => {
                 trace!(producer = %producer.instance_hex, ?heartbeat, "heartbeat");

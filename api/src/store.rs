@@ -8,9 +8,9 @@
 //! a copy of its own. In front of a database the ring forgets an event only once the writer
 //! has settled it, so every id is always in one of the two.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lpcmon_protocol::server::ProducerInfo;
 

@@ -46,7 +46,14 @@ async fn serve(extra: &[&str]) -> Served {
     let socket = dir.path().join("port/events.sock");
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_lpcmon"))
-        .args(["serve", "--store", "memory", "--listen", &format!("127.0.0.1:{port}"), "--port"])
+        .args([
+            "serve",
+            "--store",
+            "memory",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--port",
+        ])
         .arg(&socket)
         .args(extra)
         .env("RUST_LOG", "warn")

@@ -33,7 +33,13 @@ impl Server {
         let stderr = socket.with_file_name(format!("lpcmon-{}.log", unique()));
         std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lpcmon"))
-            .args(["serve", "--sensor", "none", "--listen", &format!("127.0.0.1:{http}")])
+            .args([
+                "serve",
+                "--sensor",
+                "none",
+                "--listen",
+                &format!("127.0.0.1:{http}"),
+            ])
             .arg("--port")
             .arg(socket)
             .arg("--store")
@@ -87,7 +93,11 @@ impl Server {
                 assert!(status.success(), "lpcmon exited with {status}: {}", self.log());
                 return;
             }
-            assert!(Instant::now() < deadline, "lpcmon did not stop on SIGTERM: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "lpcmon did not stop on SIGTERM: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -284,7 +294,10 @@ async fn kill_9_mid_load_keeps_ids_and_exact_accounting() {
         Duration::from_secs(60),
         |_| false,
     ));
-    let load = spawn_loadgen(&s.socket, &["--rate", "20000", "--count", "60000", "--queue", "65536"]);
+    let load = spawn_loadgen(
+        &s.socket,
+        &["--rate", "20000", "--count", "60000", "--queue", "65536"],
+    );
     wait_for_events(&server.base, 8000).await;
     server.kill_9();
     let seen: Vec<Sse> = live
@@ -322,9 +335,11 @@ async fn kill_9_mid_load_keeps_ids_and_exact_accounting() {
         .unwrap();
     assert_eq!(rows, events);
     let (first, last): (u64, u64) = conn
-        .query_row("SELECT first, last FROM id_gaps WHERE reason = 'restart'", [], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })
+        .query_row(
+            "SELECT first, last FROM id_gaps WHERE reason = 'restart'",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
         .unwrap();
 
     // No id a client saw names a different event: it is the same event, or gone in the gap.
@@ -335,7 +350,10 @@ async fn kill_9_mid_load_keeps_ids_and_exact_accounting() {
             assert_eq!(body, m.data, "id {id} names the same event after the restart");
         } else {
             assert_eq!(status, 404);
-            assert!((first..=last).contains(&id), "id {id} is missing but not in the restart gap {first}..={last}");
+            assert!(
+                (first..=last).contains(&id),
+                "id {id} is missing but not in the restart gap {first}..={last}"
+            );
         }
     }
 
@@ -373,7 +391,10 @@ async fn kill_9_mid_load_keeps_ids_and_exact_accounting() {
 async fn sigterm_mid_load_loses_nothing_the_server_received() {
     let s = setup();
     let mut server = Server::start(&s.db, &s.socket, s.http, &[]).await;
-    let load = spawn_loadgen(&s.socket, &["--rate", "4000", "--count", "16000", "--queue", "65536"]);
+    let load = spawn_loadgen(
+        &s.socket,
+        &["--rate", "4000", "--count", "16000", "--queue", "65536"],
+    );
     wait_for_events(&server.base, 3000).await;
     server.terminate();
     let log = server.log();
@@ -394,24 +415,48 @@ async fn sigterm_mid_load_loses_nothing_the_server_received() {
     let report = loadgen_report(load);
     let p = settled_loadgen(&server.base).await;
     let produced = report["produced"].as_u64().unwrap();
-    assert_eq!(p["counters"]["events"].as_u64().unwrap() + losses_sum(&p), produced, "{p}\n{report}");
+    assert_eq!(
+        p["counters"]["events"].as_u64().unwrap() + losses_sum(&p),
+        produced,
+        "{p}\n{report}"
+    );
     for stage in ["transport", "reassembly", "server_ingest", "store"] {
-        assert_eq!(p["counters"]["losses"][stage], 0, "{stage} loss across SIGTERM: {p}");
+        assert_eq!(
+            p["counters"]["losses"][stage], 0,
+            "{stage} loss across SIGTERM: {p}"
+        );
     }
-    assert!(!server.log().contains("restart` gap"), "no crash gap after a clean stop");
+    assert!(
+        !server.log().contains("restart` gap"),
+        "no crash gap after a clean stop"
+    );
     let conn = open_db(&s.db);
-    let gaps: u64 = conn.query_row("SELECT count(*) FROM id_gaps", [], |r| r.get::<_, i64>(0).map(|v| v as u64)).unwrap();
+    let gaps: u64 = conn
+        .query_row("SELECT count(*) FROM id_gaps", [], |r| {
+            r.get::<_, i64>(0).map(|v| v as u64)
+        })
+        .unwrap();
     assert_eq!(gaps, 0);
     // Ids continue where the first run stopped, without a hole.
     let next: u64 = conn
-        .query_row("SELECT min(id) FROM events WHERE id > ?1", [last_id as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))
+        .query_row(
+            "SELECT min(id) FROM events WHERE id > ?1",
+            [last_id as i64],
+            |r| r.get::<_, i64>(0).map(|v| v as u64),
+        )
         .unwrap();
     assert_eq!(next, last_id + 1);
 }
 
 fn refusal(db: &Path, socket: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_lpcmon"))
-        .args(["serve", "--sensor", "none", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "serve",
+            "--sensor",
+            "none",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .arg("--port")
         .arg(socket)
         .arg("--store")
@@ -434,7 +479,11 @@ async fn unusable_files_are_refused_with_the_way_out() {
     let m = refusal(&s.db, &s.socket);
     assert!(m.contains(&s.db.display().to_string()), "{m}");
     assert!(m.contains("--store memory") && m.contains("mv "), "{m}");
-    assert_eq!(std::fs::read(&s.db).unwrap(), garbage, "the file is left as it was");
+    assert_eq!(
+        std::fs::read(&s.db).unwrap(),
+        garbage,
+        "the file is left as it was"
+    );
 
     // A real database with its pages overwritten in the middle.
     std::fs::remove_file(&s.db).unwrap();
@@ -463,7 +512,10 @@ async fn a_page_spanning_the_database_and_the_tail_equals_the_memory_page() {
     assert_eq!(report["produced"], 180);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = get_json(&format!("{}/stats", server.base)).await;
-    assert_eq!(stats["store"]["oldest_id"], 1, "everything is still in memory: {stats}");
+    assert_eq!(
+        stats["store"]["oldest_id"], 1,
+        "everything is still in memory: {stats}"
+    );
     let queries = [
         "after=50&limit=100",
         "after=40&limit=100&kind=process.exec",
@@ -482,7 +534,10 @@ async fn a_page_spanning_the_database_and_the_tail_equals_the_memory_page() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = get_json(&format!("{}/stats", server.base)).await;
     let tail_oldest = stats["store"]["oldest_id"].as_u64().unwrap();
-    assert!((60..=140).contains(&tail_oldest), "the tail now starts mid-page: {stats}");
+    assert!(
+        (60..=140).contains(&tail_oldest),
+        "the tail now starts mid-page: {stats}"
+    );
     assert_eq!(stats["store"]["durable"]["oldest_id"], 1);
     for (q, memory) in queries.iter().zip(&from_memory) {
         let spanning = get_text(&format!("{}/events?{q}", server.base)).await.1;
@@ -495,9 +550,15 @@ async fn a_page_spanning_the_database_and_the_tail_equals_the_memory_page() {
         assert_eq!(&b[..a.len()], &a[..], "{q}");
         let first = a[0]["id"].as_u64().unwrap();
         let last = b.last().unwrap()["id"].as_u64().unwrap();
-        assert!(first < tail_oldest && last >= tail_oldest, "{q} spans the two: {first}..{last}, tail from {tail_oldest}");
+        assert!(
+            first < tail_oldest && last >= tail_oldest,
+            "{q} spans the two: {first}..{last}, tail from {tail_oldest}"
+        );
     }
-    assert_eq!(get_text(&format!("{}/events/70", server.base)).await.1, one_from_memory);
+    assert_eq!(
+        get_text(&format!("{}/events/70", server.base)).await.1,
+        one_from_memory
+    );
     // The newest page with a filter that reaches back into the database.
     let newest: Value = get_json(&format!("{}/events?kind=producer.connect", server.base)).await;
     let ids: Vec<u64> = newest["events"]
@@ -507,7 +568,10 @@ async fn a_page_spanning_the_database_and_the_tail_equals_the_memory_page() {
         .map(|e| e["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids.len(), 2, "{newest}");
-    assert!(ids[0] < tail_oldest && ids[1] > tail_oldest, "{ids:?} spans {tail_oldest}");
+    assert!(
+        ids[0] < tail_oldest && ids[1] > tail_oldest,
+        "{ids:?} spans {tail_oldest}"
+    );
 }
 
 /// A full disk: the events that cannot be written are counted as `store` loss, the tail keeps
@@ -523,7 +587,14 @@ async fn a_full_disk_is_counted_and_writing_recovers() {
     let mount = s.dir.path().join("small");
     std::fs::create_dir_all(&mount).unwrap();
     let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "lpcmon-test", mount.to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=16m",
+            "lpcmon-test",
+            mount.to_str().unwrap(),
+        ])
         .status()
         .expect("run mount");
     if !status.success() {
@@ -558,7 +629,10 @@ async fn a_full_disk_is_counted_and_writing_recovers() {
         "produced = stored + losses, the store stage included: {p}"
     );
     let notices = stats["notices"].to_string();
-    assert!(notices.contains("disk is full") || notices.contains("cannot write"), "{stats}");
+    assert!(
+        notices.contains("disk is full") || notices.contains("cannot write"),
+        "{stats}"
+    );
     assert!(stats["store"]["durable"]["error"].is_string());
     // The tail keeps serving what could not be written.
     let newest = stats["store"]["newest_id"].as_u64().unwrap();

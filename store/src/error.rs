@@ -27,7 +27,11 @@ pub enum OpenError {
         "{path} is in use by another lpcmon (lock file {lock}{holder}). Stop that server first, \
          give this one another --store PATH, or run with --store memory"
     )]
-    Locked { path: PathBuf, lock: PathBuf, holder: String },
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
     #[error("cannot open {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot open {path}: {detail}")]

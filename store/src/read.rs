@@ -149,7 +149,11 @@ pub(crate) fn gaps(conn: &Connection, after: u64, through: u64) -> Result<Vec<Id
         Ok(IdGap {
             first: r.get::<_, i64>(0)? as u64,
             last: r.get::<_, i64>(1)? as u64,
-            reason: if reason == GAP_STORE { GAP_STORE } else { GAP_RESTART },
+            reason: if reason == GAP_STORE {
+                GAP_STORE
+            } else {
+                GAP_RESTART
+            },
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -172,7 +172,8 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, OpenError> {
         }
     } else {
         // Must precede the first table, or SQLite ignores it.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(fail)?;
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(fail)?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(fail)?;
     }
@@ -180,7 +181,8 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, OpenError> {
     // NORMAL is durable against a process crash (kill -9) in WAL mode; commits that extend
     // the id reservation switch to FULL so a power cut cannot roll one back either.
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(fail)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(fail)?;
     migrations().to_latest(&mut conn).map_err(|e| OpenError::Sqlite {
         path: path.to_owned(),
         detail: format!("schema migration failed: {e}"),
@@ -206,7 +208,8 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, OpenError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(fail)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(fail)?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(fail)?;
@@ -238,7 +241,9 @@ mod tests {
         migrations().validate().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let conn = open_for_writing(&dir.path().join("a.db")).unwrap();
-        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(v, latest_version());
     }
 }

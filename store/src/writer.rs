@@ -143,14 +143,18 @@ pub struct Database {
 }
 
 fn meta(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0))
-        .optional()
-        .map(|v| v.unwrap_or(0) as u64)
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|v| v.unwrap_or(0) as u64)
 }
 
 fn set_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")?
-        .execute(params![key, to_i64(value)])?;
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )?
+    .execute(params![key, to_i64(value)])?;
     Ok(())
 }
 
@@ -229,7 +233,9 @@ impl Database {
             rows.collect::<Result<Vec<_>, _>>().map_err(&fail)?
         };
         let restored_totals: Option<String> = conn
-            .query_row("SELECT value FROM totals WHERE key = 'counters'", [], |r| r.get(0))
+            .query_row("SELECT value FROM totals WHERE key = 'counters'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(&fail)?;
         let (oldest, newest) = read::oldest_newest(&conn).map_err(|e| OpenError::Sqlite {
@@ -349,7 +355,10 @@ impl Database {
         if let Err(mpsc::SendError(batch)) = tx.send(Batch { events, ledger }) {
             drop(guard);
             self.shared.queued.fetch_sub(n, Ordering::AcqRel);
-            error!(events = n, "the store writer has stopped; counting the events as store loss");
+            error!(
+                events = n,
+                "the store writer has stopped; counting the events as store loss"
+            );
             record_failure(&self.shared, &batch.events);
         }
     }
@@ -384,10 +393,11 @@ impl Database {
     /// the writer. Later [`append`](Self::append)s count their events as `store` loss.
     pub fn close(&self) {
         drop(lock(&self.tx).take());
-        if let Some(thread) = lock(&self.thread).take() {
-            if thread.join().is_err() {
-                error!("the store writer panicked");
-            }
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            error!("the store writer panicked");
         }
     }
 }
@@ -626,8 +636,8 @@ impl Writer {
         if self.failing {
             return;
         }
-        let age_due = self.retention.max_age.is_some()
-            && self.last_age_check.is_none_or(|t| t.elapsed() >= AGE_CHECK);
+        let age_due =
+            self.retention.max_age.is_some() && self.last_age_check.is_none_or(|t| t.elapsed() >= AGE_CHECK);
         let cutoff = match self.retention.max_age {
             Some(age) if age_due => {
                 self.last_age_check = Some(Instant::now());
@@ -645,7 +655,10 @@ impl Writer {
                 Ok(0) => break,
                 // Over the byte limit only by what the full-text index has not merged away
                 // yet: stop rather than delete everything; the next commit merges more.
-                Ok(n) if bytes_now >= bytes_before && self.events.saturating_sub(n) <= self.retention.events => {
+                Ok(n)
+                    if bytes_now >= bytes_before
+                        && self.events.saturating_sub(n) <= self.retention.events =>
+                {
                     deleted_any = true;
                     self.events -= n;
                     let mut status = lock(&self.shared.status);
@@ -698,7 +711,11 @@ impl Writer {
             )? as u64,
             None => 0,
         };
-        let n = over_count.max(over_bytes).max(old).min(RETAIN_BATCH).min(self.events);
+        let n = over_count
+            .max(over_bytes)
+            .max(old)
+            .min(RETAIN_BATCH)
+            .min(self.events);
         if n == 0 {
             return Ok(0);
         }
@@ -744,9 +761,7 @@ impl Writer {
             Ok(()) => info!(last_id = self.last_id, events = self.events, "store closed"),
             Err(e) => warn!(error = %e, "store closed without giving back its id reservation"),
         }
-        self.shared
-            .durable_through
-            .store(u64::MAX, Ordering::Release);
+        self.shared.durable_through.store(u64::MAX, Ordering::Release);
     }
 }
 

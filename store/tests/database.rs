@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lpcmon_store::{
-    Database, ExportFormat, Filter, ID_BLOCK, Ledger, NewEvent, OpenError, Order, PageQuery,
-    ProducerLedger, Retention, export,
+    Database, ExportFormat, Filter, ID_BLOCK, Ledger, NewEvent, Order, PageQuery, ProducerLedger, Retention,
+    export,
 };
 
 const KEEP_ALL: Retention = Retention {
@@ -22,7 +22,7 @@ fn event(id: u64, kind: &'static str, search: &str) -> NewEvent {
         kind,
         pid: Some(id as u32 % 7),
         producer_kind: "loadgen",
-        producer: Arc::from(if id % 2 == 0 { "aa00" } else { "bb00" }),
+        producer: Arc::from(if id.is_multiple_of(2) { "aa00" } else { "bb00" }),
         search: Arc::from(search),
         json: Arc::from(format!(r#"{{"id":{id},"kind":"{kind}"}}"#)),
         counted: kind != "loss",
@@ -31,7 +31,17 @@ fn event(id: u64, kind: &'static str, search: &str) -> NewEvent {
 
 fn fill(db: &Database, ids: std::ops::RangeInclusive<u64>) {
     let events = ids
-        .map(|id| event(id, if id % 3 == 0 { "loss" } else { "process.exec" }, &format!("/usr/bin/tool{id}")))
+        .map(|id| {
+            event(
+                id,
+                if id.is_multiple_of(3) {
+                    "loss"
+                } else {
+                    "process.exec"
+                },
+                &format!("/usr/bin/tool{id}"),
+            )
+        })
         .collect();
     db.append(
         events,
@@ -77,7 +87,10 @@ fn a_clean_close_continues_ids_and_restores_accounting() {
     assert_eq!(db.restored_producers()[0].next_seq, 42);
     assert_eq!(db.restored_totals(), Some(r#"{"x":1}"#));
     assert_eq!(db.status().events, 100);
-    assert_eq!(db.get(7).unwrap().unwrap().json, r#"{"id":7,"kind":"process.exec"}"#);
+    assert_eq!(
+        db.get(7).unwrap().unwrap().json,
+        r#"{"id":7,"kind":"process.exec"}"#
+    );
     assert!(db.reserved_until() >= 100 + ID_BLOCK - 1);
 }
 
@@ -99,12 +112,18 @@ fn filters_match_the_api_meaning() {
         q: Some("tool1".into()),
         ..Filter::default()
     };
-    assert_eq!(ids(&db, &q, Order::Ascending, 100), vec![1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+    assert_eq!(
+        ids(&db, &q, Order::Ascending, 100),
+        vec![1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+    );
     let short = Filter {
         q: Some("l2".into()),
         ..Filter::default()
     };
-    assert_eq!(ids(&db, &short, Order::Ascending, 100), vec![2, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]);
+    assert_eq!(
+        ids(&db, &short, Order::Ascending, 100),
+        vec![2, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
+    );
     let quote = Filter {
         q: Some("to\"ol".into()),
         ..Filter::default()
@@ -154,10 +173,6 @@ fn retention_by_count_and_bytes_counts_evictions() {
     db.close();
     let s = db.status();
     let file = std::fs::metadata(&path).unwrap().len();
-    let c = rusqlite::Connection::open(&path).unwrap();
-    let av: i64 = c.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
-    let fl: i64 = c.pragma_query_value(None, "freelist_count", |r| r.get(0)).unwrap();
-    eprintln!("{s:?} av={av} free={fl}");
     assert!(s.bytes <= limit, "{} bytes in use, limit {limit}", s.bytes);
     assert!(file <= limit, "the file is {file} bytes, limit {limit}");
     assert!(s.events > 0 && s.evicted > 2000);
@@ -195,8 +210,14 @@ fn refuses_foreign_corrupt_newer_and_locked_files() {
     let text = dir.path().join("text.db");
     std::fs::write(&text, "this is not a database at all, just text").unwrap();
     let m = refusal(&text);
-    assert!(m.contains("not an lpcmon database") && m.contains("--store memory") && m.contains("text.db"), "{m}");
-    assert_eq!(std::fs::read_to_string(&text).unwrap(), "this is not a database at all, just text");
+    assert!(
+        m.contains("not an lpcmon database") && m.contains("--store memory") && m.contains("text.db"),
+        "{m}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        "this is not a database at all, just text"
+    );
 
     let other = dir.path().join("other.db");
     rusqlite::Connection::open(&other)
@@ -232,7 +253,10 @@ fn refuses_foreign_corrupt_newer_and_locked_files() {
     let locked = dir.path().join("locked.db");
     let first = Database::open(&locked, KEEP_ALL).unwrap();
     let m = refusal(&locked);
-    assert!(m.contains("in use by another lpcmon") && m.contains(&std::process::id().to_string()), "{m}");
+    assert!(
+        m.contains("in use by another lpcmon") && m.contains(&std::process::id().to_string()),
+        "{m}"
+    );
     drop(first);
     Database::open(&locked, KEEP_ALL).unwrap();
 }
@@ -257,7 +281,10 @@ fn exports_ndjson_and_csv_while_open() {
     let csv = String::from_utf8(out).unwrap();
     let lines: Vec<_> = csv.lines().collect();
     assert_eq!(lines[0], "id,time_ns,kind,pid,producer_kind,producer,json");
-    assert_eq!(lines[1], r#"4992,5992,loss,1,loadgen,aa00,"{""id"":4992,""kind"":""loss""}""#);
+    assert_eq!(
+        lines[1],
+        r#"4992,5992,loss,1,loadgen,aa00,"{""id"":4992,""kind"":""loss""}""#
+    );
     assert_eq!(lines.len(), 4);
     drop(db);
 }

@@ -359,7 +359,11 @@ fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
 fn drain(shared: &Shared, id: ConnId, pid: u64, conn: &OwnedFd, buf: &mut [u8]) {
     let _ = socket::shutdown(conn.as_raw_fd(), socket::Shutdown::Read);
     loop {
-        match socket::recv(conn.as_raw_fd(), buf, MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT) {
+        match socket::recv(
+            conn.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 let n = n.min(buf.len());

@@ -30,6 +30,6 @@ pub use error::{OpenError, StoreError};
 pub use export::{ExportError, ExportFormat, export};
 pub use read::{EventRow, Filter, IdGap, Order, PageQuery};
 pub use writer::{
-    COMMIT_EVENTS, COMMIT_INTERVAL, Database, DiskStatus, ID_BLOCK, Ledger, MAX_QUEUED, NewEvent,
-    ProducerLedger, ProducerState, Retention, RetentionReport, StoreFailure,
+    COMMIT_EVENTS, COMMIT_INTERVAL, CommitLatency, Database, DiskStatus, ID_BLOCK, Ledger, MAX_QUEUED,
+    NewEvent, ProducerLedger, ProducerState, Retention, RetentionReport, StoreFailure,
 };

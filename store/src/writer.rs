@@ -111,7 +111,18 @@ pub struct RetentionReport {
     pub max_age_seconds: Option<u64>,
 }
 
+/// How long commits of events took, for the benchmark and `/stats`-style reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitLatency {
+    pub commits: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
 struct Shared {
+    /// Nanoseconds per commit that carried events.
+    commit_ns: Mutex<hdrhistogram::Histogram<u64>>,
     reserved: AtomicU64,
     durable_through: Arc<AtomicU64>,
     queued: AtomicUsize,
@@ -263,6 +274,11 @@ impl Database {
         };
         let reader = schema::open_for_reading(path)?;
         let shared = Arc::new(Shared {
+            // 1 µs to 10 min at 3 significant digits: the bounds are constants, so this succeeds.
+            commit_ns: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
+                    .expect("valid histogram bounds"),
+            ),
             reserved: AtomicU64::new(new_reserved),
             durable_through: Arc::new(AtomicU64::new(next_id - 1)),
             queued: AtomicUsize::new(0),
@@ -373,6 +389,18 @@ impl Database {
 
     pub fn status(&self) -> DiskStatus {
         lock(&self.shared.status).clone()
+    }
+
+    /// How long the commits of events have taken so far.
+    pub fn commit_latency(&self) -> CommitLatency {
+        let h = lock(&self.shared.commit_ns);
+        let d = |ns: u64| Duration::from_nanos(ns);
+        CommitLatency {
+            commits: h.len(),
+            p50: d(h.value_at_quantile(0.5)),
+            p99: d(h.value_at_quantile(0.99)),
+            max: d(h.max()),
+        }
     }
 
     /// The stored event with this id.
@@ -558,7 +586,12 @@ impl Writer {
         if extend_to.is_some() {
             let _ = self.conn.pragma_update(None, "synchronous", "FULL");
         }
+        let started = Instant::now();
         let result = self.write(events, extend_to);
+        if result.is_ok() && !events.is_empty() {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            lock(&self.shared.commit_ns).saturating_record(ns);
+        }
         if result.is_err() && !self.conn.is_autocommit() {
             // The transaction's drop tried to roll back; if that failed too (a full disk can
             // fail it), the connection is still inside the transaction and every later commit

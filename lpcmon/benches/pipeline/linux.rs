@@ -18,6 +18,12 @@
 //!    HTTP reads the event, at 10,000 events/s for 5 s with 10 clients; one hdrhistogram per
 //!    client, merged.
 //! 5. **Resident memory** of this process (`VmRSS`, `VmHWM`) next to the store's limits.
+//! 6. **The durable store** (issue #12): the same bursts and latency run again with an SQLite
+//!    file behind the in-memory tail (`AppState::with_database`, a temporary file). A burst's
+//!    rate then runs to the moment its last event is *committed*, not only stored in memory. It
+//!    prints the ratio to in-memory ingest, the writer's commit latency (p50/p99 per commit), the
+//!    send -> SSE latency with the store on (ids are published before their commit, from blocks
+//!    reserved ahead, so streams should not feel the disk), and database bytes per event.
 //!
 //! The load generator runs in a child process (this same executable, re-run with an
 //! environment variable), as it would in production. That keeps its queue out of this
@@ -46,6 +52,7 @@ use lpcmon_protocol::ProducerKind;
 use lpcmon_protocol::server::ServerConfig;
 use lpcmon_sensor::loadgen::{self, LoadgenConfig};
 use lpcmon_sensor::runtime::ProducerConfig;
+use lpcmon_store::{CommitLatency, Database, Retention};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, sockopt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -102,16 +109,22 @@ pub fn main() {
         .build()
         .expect("client runtime");
 
-    let results = server_rt.block_on(run_server_phases(&dir, &client_rt));
+    let results = server_rt.block_on(run_server_phases(&dir, &client_rt, false));
+    let mem_between = memory();
+    let durable = results
+        .as_ref()
+        .ok()
+        .map(|_| server_rt.block_on(run_server_phases(&dir.join("durable"), &client_rt, true)));
     drop(client_rt);
     drop(server_rt);
     let _ = std::fs::remove_dir_all(&dir);
-    let results = match results {
-        Ok(r) => r,
-        Err(e) => {
+    let (results, durable) = match (results, durable) {
+        (Ok(r), Some(Ok(d))) => (r, d),
+        (Err(e), _) | (_, Some(Err(e))) => {
             eprintln!("pipeline bench failed: {e}");
             std::process::exit(1);
         }
+        (Ok(_), None) => unreachable!("the durable run follows a successful in-memory run"),
     };
 
     // The table.
@@ -213,6 +226,7 @@ pub fn main() {
         ),
         "retain / retain_bytes (binary defaults)".into(),
     );
+    durable_rows(&mut table, &results, &durable, mem_between);
     println!();
     println!(
         "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s",
@@ -288,6 +302,95 @@ struct Results {
     mem_end: Memory,
     store_events: u64,
     store_bytes: u64,
+    /// The run with an SQLite store.
+    durable: Option<DurableFigures>,
+}
+
+struct DurableFigures {
+    commit: CommitLatency,
+    events: u64,
+    bytes: u64,
+}
+
+/// The rows of the run with the SQLite store, next to the in-memory run's.
+fn durable_rows(table: &mut Table, memory: &Results, durable: &Results, mem_between: Memory) {
+    let Some(d) = &durable.durable else { return };
+    let median_rate = |r: &Results| median(&r.bursts.iter().map(|b| b.rate).collect::<Vec<_>>());
+    let (in_memory, on_disk) = (median_rate(memory), median_rate(durable));
+    let ratio = on_disk / in_memory;
+    let rates = durable
+        .bursts
+        .iter()
+        .map(|b| fmt_int(b.rate))
+        .collect::<Vec<_>>()
+        .join(", ");
+    table.row(
+        "SQLite store: ingest to commit",
+        format!("{} events/s", fmt_int(on_disk)),
+        format!("median of {BURSTS} bursts: {rates} /s"),
+    );
+    table.row(
+        "  ratio SQLite / in-memory ingest",
+        format!("{ratio:.2}"),
+        verdict(ratio >= 0.8, ">= 0.80"),
+    );
+    let sum = |f: fn(&Burst) -> u64| durable.bursts.iter().map(f).sum::<u64>();
+    table.row(
+        "  stored / sent, drops: server_ingest",
+        format!(
+            "{} / {}, {}",
+            sum(|b| b.stored),
+            sum(|b| b.sent),
+            sum(|b| b.ingest_dropped)
+        ),
+        "equal, 0".into(),
+    );
+    let ms = |v: Duration| v.as_secs_f64() * 1000.0;
+    table.row(
+        "  commit latency p50 / p99 / max",
+        format!(
+            "{:.2} / {:.2} / {:.2} ms",
+            ms(d.commit.p50),
+            ms(d.commit.p99),
+            ms(d.commit.max)
+        ),
+        format!("{} commits (<= 5 ms or 4096 events each)", d.commit.commits),
+    );
+    let l = &durable.latency;
+    let us = |v: u64| v as f64 / 1000.0;
+    table.row(
+        "  SSE latency p50 / p99 / max, store on",
+        format!(
+            "{:.0} / {:.0} / {:.0} us",
+            us(l.hist.value_at_quantile(0.50)),
+            us(l.hist.value_at_quantile(0.99)),
+            us(l.hist.max())
+        ),
+        verdict(l.hist.value_at_quantile(0.99) <= 2_000_000, "p99 <= 2000 us"),
+    );
+    table.row(
+        "  delivered / expected, gaps (missed)",
+        format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
+        format!("{} ev/s, {SSE_CLIENTS} clients", fmt_int(LAT_RATE as f64)),
+    );
+    table.row(
+        "  database bytes per event",
+        format!("{:.0} B", d.bytes as f64 / d.events.max(1) as f64),
+        format!(
+            "{} events in {:.1} MiB ({SIZE}-byte events, FTS included)",
+            fmt_int(d.events as f64),
+            d.bytes as f64 / MIB
+        ),
+    );
+    table.row(
+        "  VmRSS before / at end, store on",
+        format!(
+            "{:.1} / {:.1} MiB",
+            mem_between.rss / MIB,
+            durable.mem_end.rss / MIB
+        ),
+        "tail: binary defaults".into(),
+    );
 }
 
 struct Http {
@@ -317,13 +420,32 @@ fn exec_count(stats: &Value) -> u64 {
     stats["events_by_kind"]["process.exec"].as_u64().unwrap_or(0)
 }
 
-async fn run_server_phases(dir: &Path, client_rt: &tokio::runtime::Runtime) -> Result<Results, String> {
+async fn run_server_phases(
+    dir: &Path,
+    client_rt: &tokio::runtime::Runtime,
+    durable: bool,
+) -> Result<Results, String> {
     let port_path = dir.join("port.sock");
-    let state = AppState::new(ApiConfig {
+    let config = ApiConfig {
         retain: RETAIN,
         retain_bytes: RETAIN_BYTES,
         ..ApiConfig::default()
-    });
+    };
+    let database = if durable {
+        let keep_all = Retention {
+            events: u64::MAX,
+            bytes: u64::MAX,
+            max_age: None,
+        };
+        let db = Database::open(&dir.join("events.db"), keep_all).map_err(|e| e.to_string())?;
+        Some(Arc::new(db))
+    } else {
+        None
+    };
+    let state = match &database {
+        Some(db) => AppState::with_database(config, db.clone()),
+        None => AppState::new(config),
+    };
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CAPACITY);
     let ingest = spawn_ingest(state.clone(), ingest_rx);
     let dispatcher = Arc::new(Dispatcher::new(
@@ -362,7 +484,7 @@ async fn run_server_phases(dir: &Path, client_rt: &tokio::runtime::Runtime) -> R
     let outcome = async {
         let mut bursts = Vec::new();
         for i in 0..BURSTS {
-            let b = burst(&http, &port_path, &counters, BURST_COUNT)
+            let b = burst(&http, &port_path, &counters, BURST_COUNT, durable)
                 .await
                 .map_err(|e| format!("burst {}: {e}", i + 1))?;
             bursts.push(b);
@@ -378,6 +500,14 @@ async fn run_server_phases(dir: &Path, client_rt: &tokio::runtime::Runtime) -> R
             mem_end,
             store_events: stats["store"]["events"].as_u64().unwrap_or(0),
             store_bytes: stats["store"]["bytes"].as_u64().unwrap_or(0),
+            durable: database.as_ref().map(|db| {
+                let status = db.status();
+                DurableFigures {
+                    commit: db.commit_latency(),
+                    events: status.events,
+                    bytes: status.bytes,
+                }
+            }),
         })
     }
     .await;
@@ -397,13 +527,22 @@ async fn run_server_phases(dir: &Path, client_rt: &tokio::runtime::Runtime) -> R
     {
         eprintln!("ingest task did not end in 5 s");
     }
+    if let Some(db) = database {
+        let _ = tokio::task::spawn_blocking(move || db.close()).await;
+    }
     outcome
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. Rate-0 bursts
 
-async fn burst(http: &Http, port: &Path, counters: &PortCounters, count: u64) -> Result<Burst, String> {
+async fn burst(
+    http: &Http,
+    port: &Path,
+    counters: &PortCounters,
+    count: u64,
+    durable: bool,
+) -> Result<Burst, String> {
     let before = http.stats().await?;
     let newest_before = before["store"]["newest_id"].as_u64().unwrap_or(0);
     let exec_before = exec_count(&before);
@@ -451,7 +590,22 @@ async fn burst(http: &Http, port: &Path, counters: &PortCounters, count: u64) ->
         ));
     }
     let t0 = parse_rfc3339(first["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
-    let t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
+    let mut t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
+    if durable {
+        // With the store, the burst ends when its last event is committed.
+        let last_id = last["id"].as_u64().unwrap_or(u64::MAX);
+        loop {
+            let stats = http.stats().await?;
+            if stats["store"]["durable"]["newest_id"].as_u64().unwrap_or(0) >= last_id {
+                t1 = t1.max(wall_ns());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the burst was not committed".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     let seconds = t1.saturating_sub(t0) as f64 / 1e9;
     Ok(Burst {
         rate: (stored.saturating_sub(1)) as f64 / seconds,

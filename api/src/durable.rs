@@ -162,6 +162,9 @@ impl DurableIngest {
             kernel_drops: 0,
         });
         p.kind = producer.kind;
+        self.names
+            .entry(producer.instance)
+            .or_insert_with(|| Arc::from(producer.instance_hex.as_str()));
         if let Some(end) = seq_end {
             p.next_seq = p.next_seq.max(end);
         }
@@ -235,10 +238,7 @@ impl DurableIngest {
                             .and_then(|s| serde_json::from_str(&s).ok()),
                     };
                     Some(ProducerLedger {
-                        instance: self
-                            .names
-                            .get(&instance)
-                            .map_or_else(|| hex(&instance), |n| n.to_string()),
+                        instance: self.names.get(&instance)?.to_string(),
                         kind: p.kind.name().to_owned(),
                         next_seq: p.next_seq,
                         counters: serde_json::to_string(&saved).unwrap_or_default(),
@@ -276,15 +276,6 @@ impl DurableIngest {
     }
 }
 
-fn hex(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The database's form of an API filter.
-pub fn store_filter(filter: &Filter) -> lpcmon_store::Filter {
-    filter.to_store()
-}
-
 /// Events read back from the database, in the in-memory form pages and streams use. Only
 /// `json`, `id`, `kind`, `pid` and the producer's kind and instance are filled in: the rest of
 /// the producer's details are in the JSON.
@@ -296,17 +287,12 @@ fn to_events(rows: Vec<EventRow>) -> Vec<Arc<StoredEvent>> {
             let producer = producers
                 .entry(row.producer.clone())
                 .or_insert_with(|| {
+                    // Filters look at the kind and the hex instance; the rest is in the JSON.
+                    let kind = producer_kind(&row.producer_kind).unwrap_or(ProducerKind::Loadgen);
+                    let instance = parse_hex(&row.producer).unwrap_or_default();
                     Arc::new(ProducerInfo {
-                        conn: 0,
-                        kind: producer_kind(&row.producer_kind).unwrap_or(ProducerKind::Loadgen),
-                        instance: parse_hex(&row.producer).unwrap_or_default(),
                         instance_hex: row.producer.clone(),
-                        version: 0,
-                        os: String::new(),
-                        os_build: 0,
-                        client_pid: 0,
-                        max_message: 0,
-                        connected_at: 0,
+                        ..ProducerInfo::known_only(kind, instance)
                     })
                 })
                 .clone();
@@ -332,7 +318,7 @@ pub fn page(
     limit: usize,
     order: Order,
 ) -> Vec<Arc<StoredEvent>> {
-    let filter = store_filter(filter);
+    let filter = filter.to_store();
     match db.page(&PageQuery {
         after,
         through,

@@ -75,11 +75,17 @@ pub struct Follower {
 impl Follower {
     /// Follows events matching `filter`: those after `after` first, if given, then live ones.
     ///
-    /// An `after` newer than the newest stored event (a client from before a restart, when ids
-    /// began again at 1) is treated as the newest, so that client is not silenced.
+    /// An `after` newer than any id given out (a client of an in-memory server from before a
+    /// restart, when ids began again at 1) is treated as the newest, so that client is not
+    /// silenced. Ids a crashed run skipped count as given out: a client that saw some of them
+    /// is told only about the rest.
     pub fn new(state: AppState, filter: Filter, after: Option<u64>) -> Self {
         let live = state.subscribe();
-        let newest = state.newest_id().unwrap_or(0);
+        let skipped = state
+            .database()
+            .and_then(|db| db.restart_gap())
+            .map_or(0, |gap| gap.last);
+        let newest = state.newest_id().unwrap_or(0).max(skipped);
         let (done, catch_up) = match after {
             Some(after) => (after.min(newest), Some(GapReason::Evicted)),
             None => (newest, None),

@@ -117,6 +117,24 @@ fn check_header(path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Refuses a schema newer than this build knows.
+fn check_version(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| OpenError::Sqlite {
+            path: path.to_owned(),
+            detail: sqlite_detail(&e),
+        })?;
+    if found > latest_version() {
+        return Err(OpenError::Newer {
+            path: path.to_owned(),
+            found,
+            known: latest_version(),
+        });
+    }
+    Ok(())
+}
+
 /// Opens the write connection: header, integrity, owner and version checks, then migrations.
 pub fn open_for_writing(path: &Path) -> Result<Connection, OpenError> {
     check_header(path)?;
@@ -160,16 +178,7 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, OpenError> {
                 detail: format!("integrity check: {check}"),
             });
         }
-        let found: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(fail)?;
-        if found > latest_version() {
-            return Err(OpenError::Newer {
-                path: path.to_owned(),
-                found,
-                known: latest_version(),
-            });
-        }
+        check_version(&conn, path)?;
     } else {
         // Must precede the first table, or SQLite ignores it.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
@@ -219,16 +228,7 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, OpenError> {
             detail: format!("application_id {app_id:#x}"),
         });
     }
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(fail)?;
-    if found > latest_version() {
-        return Err(OpenError::Newer {
-            path: path.to_owned(),
-            found,
-            known: latest_version(),
-        });
-    }
+    check_version(&conn, path)?;
     Ok(conn)
 }
 

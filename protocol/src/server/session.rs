@@ -80,6 +80,25 @@ pub struct ProducerInfo {
     pub connected_at: u64,
 }
 
+impl ProducerInfo {
+    /// A producer known only by its kind and instance, e.g. from a previous run's records:
+    /// no connection, and none of what its handshake would have said.
+    pub fn known_only(kind: ProducerKind, instance: [u8; 16]) -> Self {
+        ProducerInfo {
+            conn: 0,
+            kind,
+            instance,
+            instance_hex: hex(&instance),
+            version: 0,
+            os: String::new(),
+            os_build: 0,
+            client_pid: 0,
+            max_message: 0,
+            connected_at: 0,
+        }
+    }
+}
+
 /// How an event travelled, for `transport` in the event JSON and for research.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportInfo {
@@ -383,19 +402,7 @@ impl Server {
     /// the numbers in between as a gap (counted `transport` loss unless it reports them), and
     /// its running totals are not counted twice.
     pub fn restore_instance(&mut self, restored: RestoredInstance) {
-        let hex_id = hex(&restored.instance);
-        let producer = Arc::new(ProducerInfo {
-            conn: 0,
-            kind: restored.kind,
-            instance: restored.instance,
-            instance_hex: hex_id,
-            version: 0,
-            os: String::new(),
-            os_build: 0,
-            client_pid: 0,
-            max_message: 0,
-            connected_at: 0,
-        });
+        let producer = Arc::new(ProducerInfo::known_only(restored.kind, restored.instance));
         self.instances.insert(
             restored.instance,
             Instance {

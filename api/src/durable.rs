@@ -19,7 +19,7 @@ use std::time::Duration;
 use lpcmon_protocol::message::{LossStage, ProducerKind};
 use lpcmon_protocol::server::{Output, ProducerInfo, RestoredInstance};
 use lpcmon_store::{Database, EventRow, Ledger, MAX_QUEUED, NewEvent, Order, PageQuery, ProducerLedger};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{error, warn};
 
 use crate::kind::Kind;
@@ -29,7 +29,7 @@ use crate::stats::{SavedRecord, Stats, producer_kind};
 use crate::store::StoredEvent;
 
 /// What a producer's ledger record holds besides its sequence position.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct SavedInstance {
     queue_drops: u64,
     kernel_drops: u64,
@@ -230,18 +230,18 @@ impl DurableIngest {
                 .into_iter()
                 .filter_map(|instance| {
                     let p = self.positions.get(&instance)?;
-                    let saved = SavedInstance {
-                        queue_drops: p.queue_drops,
-                        kernel_drops: p.kernel_drops,
-                        stats: stats
-                            .save_producer(&instance)
-                            .and_then(|s| serde_json::from_str(&s).ok()),
-                    };
+                    // The stats are JSON already: put them in as they are.
+                    let counters = format!(
+                        r#"{{"queue_drops":{},"kernel_drops":{},"stats":{}}}"#,
+                        p.queue_drops,
+                        p.kernel_drops,
+                        stats.save_producer(&instance).as_deref().unwrap_or("null"),
+                    );
                     Some(ProducerLedger {
                         instance: self.names.get(&instance)?.to_string(),
                         kind: p.kind.name().to_owned(),
                         next_seq: p.next_seq,
-                        counters: serde_json::to_string(&saved).unwrap_or_default(),
+                        counters,
                     })
                 })
                 .collect();
@@ -253,7 +253,10 @@ impl DurableIngest {
         if let Some(ledger) = ledger {
             self.db.append(std::mem::take(&mut self.pending), ledger);
         }
-        let failures = self.db.take_failures();
+        if !self.db.needs_attention() {
+            return;
+        }
+        let (failures, error) = self.db.acknowledge();
         if !failures.is_empty() {
             let second = state.uptime_seconds();
             let mut stats = state.stats();
@@ -263,7 +266,6 @@ impl DurableIngest {
                 }
             }
         }
-        let error = self.db.status().error;
         if error != self.notice {
             if let Some(old) = self.notice.take() {
                 state.remove_notice(&old);

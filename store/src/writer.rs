@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -121,6 +121,9 @@ pub struct CommitLatency {
 }
 
 struct Shared {
+    /// Set while a write error stands, or failures wait to be taken: lets the ingest task skip
+    /// the locks on every batch when all is well.
+    attention: AtomicBool,
     /// Nanoseconds per commit that carried events.
     commit_ns: Mutex<hdrhistogram::Histogram<u64>>,
     reserved: AtomicU64,
@@ -274,6 +277,7 @@ impl Database {
         };
         let reader = schema::open_for_reading(path)?;
         let shared = Arc::new(Shared {
+            attention: AtomicBool::new(false),
             // 1 µs to 10 min at 3 significant digits: the bounds are constants, so this succeeds.
             commit_ns: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1_000, 600_000_000_000, 3)
@@ -379,6 +383,23 @@ impl Database {
         }
     }
 
+    /// Whether a write error stands or failures wait to be acknowledged: cheap, for checking
+    /// on every batch.
+    pub fn needs_attention(&self) -> bool {
+        self.shared.attention.load(Ordering::Acquire)
+    }
+
+    /// Takes the failures and the current error together, and lowers the attention flag if
+    /// no error stands.
+    pub fn acknowledge(&self) -> (Vec<StoreFailure>, Option<String>) {
+        let status = lock(&self.shared.status);
+        let failures = self.take_failures();
+        if status.error.is_none() {
+            self.shared.attention.store(false, Ordering::Release);
+        }
+        (failures, status.error.clone())
+    }
+
     /// Events that could not be written since the last call, by producer.
     pub fn take_failures(&self) -> Vec<StoreFailure> {
         std::mem::take(&mut *lock(&self.shared.failures))
@@ -437,11 +458,14 @@ impl Drop for Database {
 }
 
 fn record_failure(shared: &Shared, events: &[NewEvent]) {
+    // Locks one at a time: `acknowledge` takes them in the other order.
+    lock(&shared.status).lost += events.len() as u64;
     let mut failures = lock(&shared.failures);
     for e in events.iter().filter(|e| e.counted) {
         *failures.entry(e.producer.clone()).or_default() += 1;
     }
-    lock(&shared.status).lost += events.len() as u64;
+    drop(failures);
+    shared.attention.store(true, Ordering::Release);
 }
 
 /// Accounting not yet committed: the newest record per producer, the newest totals.
@@ -621,6 +645,10 @@ impl Writer {
                 }
                 let bytes = db_bytes(&self.conn).unwrap_or(0);
                 let mut status = lock(&self.shared.status);
+                if status.error.is_some() {
+                    // Up until the ingest task has seen the error go and cleared its notice.
+                    self.shared.attention.store(true, Ordering::Release);
+                }
                 status.error = None;
                 status.events = self.events;
                 status.bytes = bytes;

@@ -33,6 +33,8 @@ pub enum Command {
     Sensor(SensorArgs),
     /// Run the synthetic load generator against a port.
     Loadgen(LoadgenArgs),
+    /// Research lab: run channel experiments (LPC/ALPC-like transports) and draw them.
+    Lab(lpcmon_lab::LabArgs),
     /// Install, remove or run lpcmon as a Windows service (LocalSystem).
     #[cfg(windows)]
     #[command(subcommand)]

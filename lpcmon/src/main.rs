@@ -16,16 +16,23 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command, LoadgenArgs, SensorArgs, ServeArgs};
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The lab runs servers in-process by the hundred; their info logs would bury its progress.
+    let default_filter = if matches!(cli.command, Some(Command::Lab(_))) {
+        "error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Sensor(args)) => sensor(args),
         Some(Command::Loadgen(args)) => loadgen(args),
+        Some(Command::Lab(args)) => lpcmon_lab::run(args),
         #[cfg(windows)]
         Some(Command::Service(cmd)) => windows_service(cmd),
     }

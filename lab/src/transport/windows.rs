@@ -10,15 +10,15 @@
 //!   auto-reset event, which collapses several `SetEvent`s into one wake as seed 000's did.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use alpc_server::client::PortConnection;
 use alpc_server::dispatch::Dispatcher;
 use alpc_server::windows::client::{ClientApi, ClientOptions, connect};
 use alpc_server::windows::{PortApi, WindowsPortConfig, WindowsPortServer, port_data_limit};
 use lpcmon_protocol::server::{Output, ServerConfig};
 use lpcmon_protocol::{Hello, ProducerKind};
+use tokio::sync::mpsc::error::TryRecvError;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_BROKEN_PIPE, ERROR_PIPE_CONNECTED, FILETIME, GENERIC_WRITE, GetLastError, HANDLE,
     INVALID_HANDLE_VALUE,
@@ -196,16 +196,28 @@ impl Transport for Port {
             .map_err(|e| TransportError::Other(format!("cannot connect to {port_name}: {e}")))?;
         let limit = conn.max_message();
         let request = mode == Mode::Request;
+        let finished = AtomicBool::new(false);
         let result = std::thread::scope(|s| {
+            let finished = &finished;
             let consumer = s.spawn(move || {
                 let mut rx = Receiver::new(job, limit);
                 let mut lost = Losses::default();
-                while let Some(output) = outputs.blocking_recv() {
-                    match output {
-                        Output::Event { event, .. } => rx.deliver(u64::from(event.header.tid)),
-                        Output::Loss { loss, .. } => lost.add(loss.stage.name(), loss.count),
-                        Output::Disconnected { .. } => break,
-                        _ => {}
+                let mut deadline = None;
+                loop {
+                    match outputs.try_recv() {
+                        Ok(Output::Event { event, .. }) => rx.deliver(u64::from(event.header.tid)),
+                        Ok(Output::Loss { loss, .. }) => lost.add(loss.stage.name(), loss.count),
+                        Ok(Output::Disconnected { .. }) | Err(TryRecvError::Disconnected) => break,
+                        Ok(_) => {}
+                        Err(TryRecvError::Empty) => {
+                            // Bounded: once the producer is done, the rest must come within DRAIN.
+                            if finished.load(Ordering::Acquire)
+                                && Instant::now() > *deadline.get_or_insert_with(|| Instant::now() + DRAIN)
+                            {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                     }
                 }
                 (rx, lost)
@@ -217,6 +229,7 @@ impl Transport for Port {
             });
             // Closing the connection makes the server emit Disconnected, which ends the consumer.
             drop(conn);
+            finished.store(true, Ordering::Release);
             let (rx, lost) = consumer
                 .join()
                 .map_err(|_| TransportError::Other("consumer thread panicked".into()))?;
@@ -262,6 +275,8 @@ impl Transport for NamedPipe {
         }
         std::thread::scope(|s| {
             let consumer = s.spawn(|| {
+                // Borrow the whole owner: the raw handle alone is not Sync.
+                let server = &server;
                 let mut rx = Receiver::new(job, limit);
                 // SAFETY: a valid pipe handle; synchronous connect.
                 let connected = unsafe { ConnectNamedPipe(server.0, std::ptr::null_mut()) } != 0

@@ -325,6 +325,7 @@ pub struct Receiver<'a> {
     pub hist: Histogram<u64>,
     partial: HashMap<u64, Partial>,
     cpu0: u64,
+    cpu_used: Option<u64>,
 }
 
 struct Partial {
@@ -348,12 +349,19 @@ impl<'a> Receiver<'a> {
             hist: new_histogram(),
             partial: HashMap::new(),
             cpu0: thread_cpu_ns(),
+            cpu_used: None,
         }
     }
 
-    /// CPU this thread spent since the receiver was made.
+    /// Stops the CPU clock. Call it on the consumer's own thread when it is done: thread CPU
+    /// time is per thread.
+    pub fn stop_clock(&mut self) {
+        self.cpu_used = Some(thread_cpu_ns().saturating_sub(self.cpu0));
+    }
+
+    /// CPU the consumer thread spent between making the receiver and [`Receiver::stop_clock`].
     pub fn cpu_ns(&self) -> u64 {
-        thread_cpu_ns() - self.cpu0
+        self.cpu_used.unwrap_or(0)
     }
 
     /// One message off the channel: an event, or a fragment of one.

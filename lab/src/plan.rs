@@ -289,6 +289,20 @@ pub fn parse(file: &str, text: &str, repeat_override: Option<u32>) -> Result<Vec
         let mut transports = Vec::new();
         for t in &x.transports {
             let spec = transport::parse_spec(t.get_ref()).map_err(|m| err(t.span(), "transports", m))?;
+            if !modes.iter().any(|&m| spec.supports(m)) {
+                let has: Vec<&str> = spec.info().modes.iter().map(|m| m.name()).collect();
+                let asked: Vec<&str> = modes.iter().map(|m| m.name()).collect();
+                return Err(err(
+                    t.span(),
+                    "transports",
+                    format!(
+                        "`{}` has none of the modes {} (it has: {}); set `modes`",
+                        t.get_ref(),
+                        asked.join(", "),
+                        has.join(", ")
+                    ),
+                ));
+            }
             transports.push(spec);
         }
         if transports.is_empty() || sizes.is_empty() || x.rates.is_empty() {
@@ -335,6 +349,7 @@ pub fn parse(file: &str, text: &str, repeat_override: Option<u32>) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::THIS_OS;
 
     #[test]
     fn default_and_quick_plans_parse() {
@@ -350,6 +365,46 @@ mod tests {
                 t.name
             );
         }
+    }
+
+    #[test]
+    fn every_example_plan_parses_on_its_os() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            seen += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.display().to_string();
+            let windows_only = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("windows"));
+            match parse(&name, &text, None) {
+                Ok(cells) => assert!(
+                    !windows_only || THIS_OS == "windows",
+                    "{name}: {} cells",
+                    cells.len()
+                ),
+                Err(e) => assert!(
+                    windows_only && THIS_OS != "windows" && e.to_string().contains("runs on windows"),
+                    "{name}: {e}"
+                ),
+            }
+        }
+        assert!(seen >= 6, "{seen} plans in {}", dir.display());
+    }
+
+    #[test]
+    fn a_transport_without_the_asked_mode_is_an_error() {
+        let text = "[[experiment]]\nname = \"x\"\nmodes = [\"request\"]\ntransports = [\"pipe\"]\nsizes = [64]\nrates = [\"max\"]\nmessages = 5\n";
+        let e = parse("p.toml", text, None).unwrap_err().to_string();
+        assert!(
+            e.contains("line 4") && e.contains("has none of the modes request"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl Transport for Fifo {
                 while let Some(len) = read_record(&mut r, &mut buf, limit) {
                     rx.on_message(&buf[..len]);
                 }
+                rx.stop_clock();
                 Ok(rx)
             });
             let mut w = OpenOptions::new()

@@ -133,6 +133,7 @@ impl Transport for InvertedCall {
                     issue(id, &mut outstanding);
                     rx.on_message(&scratch[..len]);
                 }
+                rx.stop_clock();
                 rx
             });
             issued.wait();

@@ -223,6 +223,7 @@ pub fn run_cell(
             }
             let mut lost = Losses::default();
             lost.add("overwritten", lost_events.len() as u64);
+            rx.stop_clock();
             (rx, lost)
         });
         let mut p = ring.producer();

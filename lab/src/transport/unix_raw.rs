@@ -59,6 +59,7 @@ impl Transport for UnixRaw {
                         Err(_) => break,
                     }
                 }
+                rx.stop_clock();
                 rx
             });
             let mut ack = [0u8; 1];

@@ -220,6 +220,7 @@ impl Transport for Port {
                         }
                     }
                 }
+                rx.stop_clock();
                 (rx, lost)
             });
             // The server numbers events per producer instance; the protocol wants seq from 1.
@@ -307,6 +308,7 @@ impl Transport for NamedPipe {
                         rx.on_message(&buf[..read as usize]);
                     }
                 }
+                rx.stop_clock();
                 rx
             });
             // SAFETY: `name` is NUL-terminated; the pipe instance exists already.

@@ -2,8 +2,8 @@
 # Every test and check lpcmon has, in one command: the README's test command, and what CI runs.
 #
 # On a fresh Debian 12 machine (as root) it installs what it needs first: Chromium and
-# chromedriver for the dashboard test, mingw-w64 and wine for the Windows smoke test, and the
-# rustup targets for the no_std and Windows checks.
+# chromedriver for the dashboard test, mingw-w64 and wine for the Windows smoke test, curl and
+# python3 for the examples' tests, and the rustup targets for the no_std and Windows checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,9 @@ have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
 have x86_64-w64-mingw32-gcc || missing+=(gcc-mingw-w64-x86-64)
 have wine || missing+=(wine wine64)
+# The examples' tests run examples/curl.sh and examples/follow.py (standard library only).
+have curl || missing+=(curl)
+have python3 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2

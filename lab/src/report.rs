@@ -136,6 +136,8 @@ struct ChartSpec<'a> {
     log_x: bool,
     log_y: bool,
     max_x: Option<f64>,
+    /// The legend's corner: upper left, else lower left (where the curves are not).
+    legend_up: bool,
 }
 
 fn draw(spec: &ChartSpec<'_>, series: &Series) -> anyhow::Result<String> {
@@ -210,11 +212,25 @@ fn draw(spec: &ChartSpec<'_>, series: &Series) -> anyhow::Result<String> {
                         .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                         .map_err(plot_err)?;
                 }
+                // The `max` rate has no number; name its column where the points are.
+                if let Some(m) = spec.max_x {
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            "max",
+                            (m, y0 + (y1 - y0) * 0.03),
+                            ("sans-serif", 13).into_font().color(&BLACK),
+                        )))
+                        .map_err(plot_err)?;
+                }
                 chart
                     .configure_series_labels()
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK.mix(0.3))
-                    .position(SeriesLabelPosition::UpperRight)
+                    .position(if spec.legend_up {
+                        SeriesLabelPosition::UpperLeft
+                    } else {
+                        SeriesLabelPosition::LowerLeft
+                    })
                     .draw()
                     .map_err(plot_err)?;
             }};
@@ -270,18 +286,24 @@ fn by_size(
     keep: impl Fn(&CellResult) -> bool,
     y: impl Fn(&Group<'_>) -> f64,
 ) -> Series {
-    let mut map: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // series -> experiment -> points; a series is drawn from the experiment that swept the
+    // most sizes, so a single-size cell of another experiment does not bend its curve.
+    let mut map: BTreeMap<String, BTreeMap<&str, Vec<(f64, f64)>>> = BTreeMap::new();
     for g in groups.iter().filter(|g| keep(g.first)) {
         map.entry(g.series())
             .or_default()
+            .entry(g.first.experiment.as_str())
+            .or_default()
             .push((g.first.size as f64, y(g)));
     }
-    let mut out: Series = map.into_iter().collect();
-    for (_, pts) in &mut out {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        pts.dedup_by(|a, b| a.0 == b.0);
-    }
-    out
+    map.into_iter()
+        .filter_map(|(name, experiments)| {
+            let mut pts = experiments.into_values().max_by_key(|p| p.len())?;
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            pts.dedup_by(|a, b| a.0 == b.0);
+            (pts.len() >= 2).then_some((name, pts))
+        })
+        .collect()
 }
 
 /// Cells that measure a ceiling: `max` rate for a duration.
@@ -291,7 +313,7 @@ fn is_ceiling(c: &CellResult) -> bool {
 
 /// Cells paced at a rate for a duration (latency without queueing behind `max`).
 fn is_paced(c: &CellResult) -> bool {
-    !c.is_max_rate() && !c.is_burst() && c.experiment != "rates"
+    !c.is_max_rate() && !c.is_burst()
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -304,9 +326,21 @@ fn pct(part: u64, whole: u64) -> f64 {
 
 /// Loss and reordering against offered rate at one size: the seed designs against the port.
 fn rate_series(groups: &[Group<'_>]) -> Option<(Series, Series, f64, usize)> {
+    // The experiment that offered the most distinct rates (for a time, not a burst).
+    let mut rates: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for g in groups.iter().filter(|g| !g.first.is_burst()) {
+        rates
+            .entry(g.first.experiment.as_str())
+            .or_default()
+            .insert(g.first.rate.as_str());
+    }
+    let (experiment, offered) = rates.into_iter().max_by_key(|(_, r)| r.len())?;
+    if offered.len() < 2 {
+        return None;
+    }
     let rated: Vec<&Group<'_>> = groups
         .iter()
-        .filter(|g| !g.first.is_burst() && g.first.experiment == "rates")
+        .filter(|g| !g.first.is_burst() && g.first.experiment == experiment)
         .collect();
     let size = rated.first()?.first.size;
     let top = rated
@@ -366,86 +400,72 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
         format!("Accounting: {unaccounted} cells do NOT balance (see the table).")
     }));
 
-    // Charts.
-    let ceiling = by_size(&groups, is_ceiling, |g| g.spread(|c| c.msgs_per_sec).median);
-    if !ceiling.is_empty() {
-        doc.push(Block::Chart {
-            file: "throughput.svg".into(),
-            title: "Throughput vs size (max offered rate)".into(),
-            svg: draw(
-                &ChartSpec {
-                    title: "Throughput vs event size, offered rate max",
-                    x_desc: "event size (bytes)",
-                    y_desc: "events delivered / s",
-                    log_x: true,
-                    log_y: true,
-                    max_x: None,
-                },
-                &ceiling,
-            )?,
-        });
-    }
+    // Charts against size, log-log.
     let paced_any = groups.iter().any(|g| is_paced(g.first));
     let lat_keep = |c: &CellResult| if paced_any { is_paced(c) } else { is_ceiling(c) };
     let lat_note = if paced_any { "paced" } else { "max rate" };
-    for (q, name, f) in [
+    type Metric = fn(&CellResult) -> f64;
+    type Keep<'k> = &'k dyn Fn(&CellResult) -> bool;
+    /// File, title, y axis, which cells, what value.
+    type SizeChart<'k> = (&'static str, String, String, Keep<'k>, Metric);
+    let charts: [SizeChart<'_>; 5] = [
         (
-            "p50",
+            "throughput.svg",
+            "Throughput vs event size, offered rate max".into(),
+            "events delivered / s".into(),
+            &is_ceiling,
+            |c| c.msgs_per_sec,
+        ),
+        (
             "latency-p50.svg",
-            (|c: &CellResult| c.latency_us.p50) as fn(&CellResult) -> f64,
+            format!("Latency p50 vs size ({lat_note})"),
+            "p50 latency (µs)".into(),
+            &lat_keep,
+            |c| c.latency_us.p50,
         ),
-        ("p99", "latency-p99.svg", |c: &CellResult| c.latency_us.p99),
-    ] {
-        let s = by_size(&groups, lat_keep, |g| g.spread(f).median);
-        if s.is_empty() {
-            continue;
-        }
-        let title = format!("Latency {q} vs size ({lat_note})");
-        doc.push(Block::Chart {
-            file: name.into(),
-            title: title.clone(),
-            svg: draw(
-                &ChartSpec {
-                    title: &title,
-                    x_desc: "event size (bytes)",
-                    y_desc: &format!("{q} latency (µs)"),
-                    log_x: true,
-                    log_y: true,
-                    max_x: None,
-                },
-                &s,
-            )?,
-        });
-    }
-    for (side, name, f) in [
         (
-            "producer",
-            "cpu-producer.svg",
-            (|c: &CellResult| c.cpu_us_per_msg_producer) as fn(&CellResult) -> f64,
+            "latency-p99.svg",
+            format!("Latency p99 vs size ({lat_note})"),
+            "p99 latency (µs)".into(),
+            &lat_keep,
+            |c| c.latency_us.p99,
         ),
-        ("consumer", "cpu-consumer.svg", |c: &CellResult| {
-            c.cpu_us_per_msg_consumer
-        }),
-    ] {
-        let s = by_size(&groups, is_ceiling, |g| g.spread(f).median);
-        if s.is_empty() {
+        (
+            "cpu-producer.svg",
+            "CPU per event, producer side (max rate)".into(),
+            "CPU µs per event".into(),
+            &is_ceiling,
+            |c| c.cpu_us_per_msg_producer,
+        ),
+        (
+            "cpu-consumer.svg",
+            "CPU per event, consumer side (max rate)".into(),
+            "CPU µs per event".into(),
+            &is_ceiling,
+            |c| c.cpu_us_per_msg_consumer,
+        ),
+    ];
+    for (file, title, y_desc, keep, metric) in charts {
+        let series = by_size(&groups, keep, |g| g.spread(metric).median);
+        if series.is_empty() {
             continue;
         }
-        let title = format!("CPU per event, {side} side (max rate)");
+        let svg = draw(
+            &ChartSpec {
+                title: &title,
+                x_desc: "event size (bytes)",
+                y_desc: &y_desc,
+                log_x: true,
+                log_y: true,
+                max_x: None,
+                legend_up: false,
+            },
+            &series,
+        )?;
         doc.push(Block::Chart {
-            file: name.into(),
-            title: title.clone(),
-            svg: draw(
-                &ChartSpec {
-                    title: &title,
-                    x_desc: "event size (bytes)",
-                    y_desc: "CPU µs per event",
-                    log_x: true,
-                    log_y: true,
-                    max_x: None,
-                },
-                &s,
-            )?,
+            file: file.into(),
+            title,
+            svg,
         });
     }
     if let Some((loss, reorder, max_x, size)) = rate_series(&groups) {
@@ -465,6 +485,7 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
                         log_x: true,
                         log_y: false,
                         max_x: Some(max_x),
+                        legend_up: true,
                     },
                     s,
                 )?,

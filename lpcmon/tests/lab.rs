@@ -128,39 +128,31 @@ fn list_and_plan_errors() {
     }
     assert!(list.contains("alpc (windows)"), "{list}");
 
-    let tmp = tempfile::tempdir().unwrap();
-    let plan = tmp.path().join("bad.toml");
-    std::fs::write(
-        &plan,
+    // A plan the lab refuses: its error, which must name the line and the key.
+    let refused = |plan: &str| -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("bad.toml");
+        std::fs::write(&path, plan).unwrap();
+        let out = tmp.path().join("out");
+        let out = lpcmon(&[
+            "lab",
+            "run",
+            "--plan",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(
         "[[experiment]]\nname = \"x\"\ntransports = [\"lpc\"]\nsizes = [64]\nrates = [\"max\"]\nmessages = 10\n",
-    )
-    .unwrap();
-    let out = lpcmon(&[
-        "lab",
-        "run",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--out",
-        tmp.path().join("o").to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    );
     assert!(
         err.contains("line 3") && err.contains("transports") && err.contains("runs on windows"),
         "{err}"
     );
     assert!(err.contains("unix, unix-raw, pipe, shm, request"), "{err}");
-
-    std::fs::write(&plan, "[[experiment]]\nname = \"x\"\nsize = [64]\n").unwrap();
-    let out = lpcmon(&[
-        "lab",
-        "run",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--out",
-        tmp.path().join("o").to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused("[[experiment]]\nname = \"x\"\nsize = [64]\n");
     assert!(err.contains("line 3") && err.contains("size"), "{err}");
 }

@@ -174,6 +174,23 @@ const DATAGRAM: &[Mode] = &[Mode::Datagram];
 const BOTH: &[Mode] = &[Mode::Datagram, Mode::Request];
 const REQUEST: &[Mode] = &[Mode::Request];
 
+/// The shared-memory ring's keys, the same on both OSes.
+const SHM_PARAMS: &[Param] = &[
+    limit_param("4096"),
+    Param {
+        key: "slots",
+        default: "1024",
+        help: "ring slots of `limit` bytes",
+        check: count_check,
+    },
+    Param {
+        key: "full",
+        default: "wait",
+        help: "when the ring is full: wait for the consumer, or overwrite the oldest slot (seed 000)",
+        check: |v| one_of(v, &["wait", "overwrite"]),
+    },
+];
+
 /// Every transport the lab has, on every OS, in the order `list` shows them.
 pub static ALL: &[TransportInfo] = &[
     TransportInfo {
@@ -202,21 +219,7 @@ pub static ALL: &[TransportInfo] = &[
         os: "linux",
         models: "a shared-memory ring signalled with an eventfd (seed 000); slots=1,full=overwrite is that seed's single slot with silent overwrite, counted here",
         modes: DATAGRAM,
-        params: &[
-            limit_param("4096"),
-            Param {
-                key: "slots",
-                default: "1024",
-                help: "ring slots of `limit` bytes",
-                check: count_check,
-            },
-            Param {
-                key: "full",
-                default: "wait",
-                help: "when the ring is full: wait for the consumer, or overwrite the oldest slot (seed 000)",
-                check: |v| one_of(v, &["wait", "overwrite"]),
-            },
-        ],
+        params: SHM_PARAMS,
     },
     TransportInfo {
         name: "request",
@@ -272,21 +275,7 @@ pub static ALL: &[TransportInfo] = &[
         os: "windows",
         models: "a section (CreateFileMapping) ring signalled with an auto-reset event (seed 000); slots=1,full=overwrite is the seed's single slot",
         modes: DATAGRAM,
-        params: &[
-            limit_param("4096"),
-            Param {
-                key: "slots",
-                default: "1024",
-                help: "ring slots of `limit` bytes",
-                check: count_check,
-            },
-            Param {
-                key: "full",
-                default: "wait",
-                help: "when the ring is full: wait for the consumer, or overwrite the oldest slot",
-                check: |v| one_of(v, &["wait", "overwrite"]),
-            },
-        ],
+        params: SHM_PARAMS,
     },
 ];
 

@@ -50,37 +50,31 @@ fn filetime_ns(t: &FILETIME) -> u64 {
     ((u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)) * 100
 }
 
-/// CPU time (kernel + user) of the calling thread, nanoseconds.
-pub fn thread_cpu_ns() -> u64 {
+/// Kernel plus user time from a `GetThreadTimes`-shaped call, nanoseconds (0 if it fails).
+fn cpu_times(call: impl FnOnce(&mut FILETIME, &mut FILETIME, &mut FILETIME, &mut FILETIME) -> i32) -> u64 {
     let zero = FILETIME {
         dwLowDateTime: 0,
         dwHighDateTime: 0,
     };
     let (mut c, mut e, mut k, mut u) = (zero, zero, zero, zero);
-    // SAFETY: the pseudo-handle of the current thread is always valid; the four pointers are
-    // to live locals.
-    let ok = unsafe { GetThreadTimes(GetCurrentThread(), &mut c, &mut e, &mut k, &mut u) };
-    if ok == 0 {
+    if call(&mut c, &mut e, &mut k, &mut u) == 0 {
         0
     } else {
         filetime_ns(&k) + filetime_ns(&u)
     }
 }
 
+/// CPU time (kernel + user) of the calling thread, nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    // SAFETY: the pseudo-handle of the current thread is always valid; the four pointers are
+    // to live locals of `cpu_times`.
+    cpu_times(|c, e, k, u| unsafe { GetThreadTimes(GetCurrentThread(), c, e, k, u) })
+}
+
 /// CPU time (kernel + user) of the whole process, nanoseconds.
 pub fn process_cpu_ns() -> u64 {
-    let zero = FILETIME {
-        dwLowDateTime: 0,
-        dwHighDateTime: 0,
-    };
-    let (mut c, mut e, mut k, mut u) = (zero, zero, zero, zero);
     // SAFETY: as above, for the current process's pseudo-handle.
-    let ok = unsafe { GetProcessTimes(GetCurrentProcess(), &mut c, &mut e, &mut k, &mut u) };
-    if ok == 0 {
-        0
-    } else {
-        filetime_ns(&k) + filetime_ns(&u)
-    }
+    cpu_times(|c, e, k, u| unsafe { GetProcessTimes(GetCurrentProcess(), c, e, k, u) })
 }
 
 pub fn open(spec: &TransportSpec) -> Box<dyn Transport> {

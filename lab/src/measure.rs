@@ -124,6 +124,7 @@ impl Job {
             job: self,
             next: 1,
             started: Instant::now(),
+            waiting_cpu_ns: 0,
             interval: match self.rate {
                 Rate::Max => None,
                 Rate::PerSecond(r) => Some(Duration::from_secs_f64(1.0 / r.max(1) as f64)),
@@ -138,6 +139,9 @@ pub struct Pacer<'a> {
     next: u64,
     started: Instant,
     interval: Option<Duration>,
+    /// CPU spent waiting for the schedule (the last stretch is spun, not slept), which is the
+    /// lab's and not the transport's, so producers subtract it.
+    pub waiting_cpu_ns: u64,
 }
 
 impl Iterator for Pacer<'_> {
@@ -156,6 +160,7 @@ impl Iterator for Pacer<'_> {
         if let Some(interval) = self.interval {
             // Pace against the schedule, not the previous send, so the average rate holds.
             let due = self.started + interval.mul_f64((n - 1) as f64);
+            let cpu0 = thread_cpu_ns();
             loop {
                 let now = Instant::now();
                 if now >= due {
@@ -168,6 +173,7 @@ impl Iterator for Pacer<'_> {
                     std::thread::yield_now();
                 }
             }
+            self.waiting_cpu_ns += thread_cpu_ns() - cpu0;
         }
         self.next += 1;
         Some(n)
@@ -290,7 +296,8 @@ pub fn produce(
     };
     let mut encoder = Encoder::new(job.size);
     let mut out = vec![0u8; limit.max(64)];
-    for n in job.pacer() {
+    let mut pacer = job.pacer();
+    for n in pacer.by_ref() {
         let event = encoder.encode(n);
         job.pushed(n);
         tally.sent = n;
@@ -306,7 +313,7 @@ pub fn produce(
             tally.lost.add(why, 1);
         }
     }
-    tally.cpu_ns = thread_cpu_ns() - cpu0;
+    tally.cpu_ns = (thread_cpu_ns() - cpu0).saturating_sub(pacer.waiting_cpu_ns);
     tally
 }
 

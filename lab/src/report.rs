@@ -288,7 +288,8 @@ fn by_size(
 ) -> Series {
     // series -> experiment -> points; a series is drawn from the experiment that swept the
     // most sizes, so a single-size cell of another experiment does not bend its curve.
-    let mut map: BTreeMap<String, BTreeMap<&str, Vec<(f64, f64)>>> = BTreeMap::new();
+    type Points = Vec<(f64, f64)>;
+    let mut map: BTreeMap<String, BTreeMap<&str, Points>> = BTreeMap::new();
     for g in groups.iter().filter(|g| keep(g.first)) {
         map.entry(g.series())
             .or_default()

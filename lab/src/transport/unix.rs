@@ -373,7 +373,8 @@ fn run_sized<const N: usize>(job: &Job, limit: usize, capacity: usize) -> Result
         let cpu0 = thread_cpu_ns();
         let first_push_ns = job.now();
         let (mut sent, mut queue_full) = (0u64, 0u64);
-        for n in job.pacer() {
+        let mut pacer = job.pacer();
+        for n in pacer.by_ref() {
             job.pushed(n);
             sent = n;
             if queue.push_with(|slot| encode_event(slot, &padding, n)).is_err() {
@@ -381,7 +382,7 @@ fn run_sized<const N: usize>(job: &Job, limit: usize, capacity: usize) -> Result
             }
             worker_thread.unpark();
         }
-        let pusher_cpu = thread_cpu_ns() - cpu0;
+        let pusher_cpu = (thread_cpu_ns() - cpu0).saturating_sub(pacer.waiting_cpu_ns);
         stop.store(true, Ordering::Release);
         worker_thread.unpark();
         let (stats, worker_cpu) = worker

@@ -75,6 +75,10 @@ fn quick_run_balances_every_cell_and_the_report_covers_them() {
         html.contains("<svg") && !html.contains("src=\"http"),
         "charts are inline"
     );
+    assert!(
+        md.contains("![Throughput vs event size") && dir.join("throughput.svg").exists(),
+        "{md}"
+    );
     let every = &md[md.find("## Every cell").expect("every-cell table")..];
     for c in &cells {
         let row = format!(

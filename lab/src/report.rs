@@ -370,6 +370,25 @@ fn rate_series(groups: &[Group<'_>]) -> Option<(Series, Series, f64, usize)> {
     Some((sort(loss), sort(reorder), max_x, size))
 }
 
+/// The columns that name a cell, first in every table of cells.
+const CELL_COLUMNS: [&str; 6] = ["experiment", "transport", "mode", "size", "rate", "load"];
+
+fn cell_columns(c: &CellResult) -> Vec<String> {
+    vec![
+        c.experiment.clone(),
+        c.transport.clone(),
+        c.mode.clone(),
+        c.size.to_string(),
+        c.rate.clone(),
+        c.load.clone(),
+    ]
+}
+
+/// `CELL_COLUMNS` followed by `rest`.
+fn header(rest: &[&str]) -> Vec<String> {
+    CELL_COLUMNS.iter().chain(rest).map(|h| (*h).to_owned()).collect()
+}
+
 fn lost_causes(c: &CellResult) -> String {
     if c.lost.is_empty() {
         "0".into()
@@ -539,13 +558,7 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
     // Summary per cell group.
     doc.push(Block::Heading("Cells (median, min–max over repeats)".into()));
     doc.push(Block::Table {
-        header: [
-            "experiment",
-            "transport",
-            "mode",
-            "size",
-            "rate",
-            "load",
+        header: header(&[
             "runs",
             "frag/msg",
             "events/s",
@@ -558,20 +571,13 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
             "CPU µs/ev cons",
             "lost",
             "reordered",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ]),
         rows: groups
             .iter()
             .map(|g| {
                 let f = g.first;
-                vec![
-                    f.experiment.clone(),
-                    f.transport.clone(),
-                    f.mode.clone(),
-                    f.size.to_string(),
-                    f.rate.clone(),
-                    f.load.clone(),
+                let mut row = cell_columns(f);
+                row.extend([
                     g.cells.len().to_string(),
                     f.fragments_per_message.to_string(),
                     g.spread(|c| c.msgs_per_sec).show(0),
@@ -584,7 +590,8 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
                     g.spread(|c| c.cpu_us_per_msg_consumer).show(2),
                     g.spread(|c| c.lost_total as f64).show(0),
                     g.spread(|c| c.reordered as f64).show(0),
-                ]
+                ]);
+                row
             })
             .collect(),
     });
@@ -614,13 +621,7 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
     // Every cell, then the machine.
     doc.push(Block::Heading("Every cell".into()));
     doc.push(Block::Table {
-        header: [
-            "experiment",
-            "transport",
-            "mode",
-            "size",
-            "rate",
-            "load",
+        header: header(&[
             "repeat",
             "limit",
             "frag/msg",
@@ -642,20 +643,13 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
             "CPU prod",
             "CPU cons",
             "load before → after",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ]),
         rows: results
             .iter()
             .map(|r| {
                 let l = &r.latency_us;
-                vec![
-                    r.experiment.clone(),
-                    r.transport.clone(),
-                    r.mode.clone(),
-                    r.size.to_string(),
-                    r.rate.clone(),
-                    r.load.clone(),
+                let mut row = cell_columns(r);
+                row.extend([
                     r.repeat.to_string(),
                     r.limit.to_string(),
                     r.fragments_per_message.to_string(),
@@ -677,7 +671,8 @@ fn build(results: &[CellResult], baseline: Option<&[CellResult]>) -> anyhow::Res
                     format!("{:.2}", r.cpu_us_per_msg_producer),
                     format!("{:.2}", r.cpu_us_per_msg_consumer),
                     format!("{:.2} → {:.2}", r.machine.load_before[0], r.machine.load_after[0]),
-                ]
+                ]);
+                row
             })
             .collect(),
     });

@@ -305,23 +305,9 @@ impl Transport for NamedPipe {
                 rx.stop_clock();
                 rx
             });
-            // SAFETY: `name` is NUL-terminated; the pipe instance exists already.
-            let client = Owned(unsafe {
-                CreateFileW(
-                    name.as_ptr(),
-                    GENERIC_WRITE,
-                    0,
-                    std::ptr::null(),
-                    OPEN_EXISTING,
-                    0,
-                    std::ptr::null_mut(),
-                )
-            });
-            if client.0 == INVALID_HANDLE_VALUE {
-                let e = last_error("CreateFileW on the pipe");
-                // Unblock the consumer's ConnectNamedPipe with a connection that closes at once.
-                // SAFETY: as above.
-                drop(Owned(unsafe {
+            let open_client = || {
+                // SAFETY: `name` is NUL-terminated; the pipe instance exists already.
+                Owned(unsafe {
                     CreateFileW(
                         name.as_ptr(),
                         GENERIC_WRITE,
@@ -331,7 +317,13 @@ impl Transport for NamedPipe {
                         0,
                         std::ptr::null_mut(),
                     )
-                }));
+                })
+            };
+            let client = open_client();
+            if client.0 == INVALID_HANDLE_VALUE {
+                let e = last_error("CreateFileW on the pipe");
+                // Unblock the consumer's ConnectNamedPipe with a connection that closes at once.
+                drop(open_client());
                 let _ = consumer.join();
                 return Err(e);
             }

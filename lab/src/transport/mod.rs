@@ -145,11 +145,12 @@ fn limit_check(v: &str) -> Result<(), String> {
     }
 }
 
-fn count_check(v: &str) -> Result<(), String> {
+/// A count from 1 to `max` (bounded so a plan cannot ask for gigabytes of buffers).
+fn count_up_to(v: &str, max: usize) -> Result<(), String> {
     number_at_least(1)(v)?;
     match v.parse::<usize>() {
-        Ok(n) if n <= 65_536 => Ok(()),
-        _ => Err(format!("`{v}` is larger than 65536")),
+        Ok(n) if n <= max => Ok(()),
+        _ => Err(format!("`{v}` is larger than {max}")),
     }
 }
 
@@ -181,7 +182,7 @@ const SHM_PARAMS: &[Param] = &[
         key: "slots",
         default: "1024",
         help: "ring slots of `limit` bytes",
-        check: count_check,
+        check: |v| count_up_to(v, 16_384),
     },
     Param {
         key: "full",
@@ -232,7 +233,7 @@ pub static ALL: &[TransportInfo] = &[
                 key: "pending",
                 default: "64",
                 help: "requests the consumer keeps pending (K)",
-                check: count_check,
+                check: |v| count_up_to(v, 4096),
             },
             Param {
                 key: "order",

@@ -25,7 +25,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
-use crate::measure::{MAX_EVENT_SIZE, min_event_size};
+use crate::measure::{MAX_EVENT_SIZE, MAX_EVENTS_PER_CELL, min_event_size};
 use crate::transport::{self, TransportSpec};
 
 /// The default plan, also shipped as `examples/lab/default.toml`.
@@ -227,8 +227,12 @@ pub fn parse(file: &str, text: &str, repeat_override: Option<u32>) -> Result<Vec
             &plan.defaults.duration_ms,
         ) {
             (Some(m), _, _, _) | (None, None, Some(m), _) => {
-                if *m.get_ref() == 0 {
-                    return Err(err(m.span(), "messages", "must be at least 1".into()));
+                if !(1..=MAX_EVENTS_PER_CELL).contains(m.get_ref()) {
+                    return Err(err(
+                        m.span(),
+                        "messages",
+                        format!("must be 1..={MAX_EVENTS_PER_CELL}"),
+                    ));
                 }
                 Load::Messages(*m.get_ref())
             }

@@ -13,7 +13,7 @@
 
 use crate::cursor::{Reader, Writer, utf8_prefix};
 use crate::error::{DecodeError, EncodeError};
-use crate::message::{COMMON_HEADER_LEN, MAX_SEQ, MessageType, VERSION, write_common};
+use crate::header::{COMMON_HEADER_LEN, MAX_SEQ, MessageType, VERSION, write_common};
 
 /// What happened. The names are the JSON `kind` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -507,8 +507,18 @@ mod owned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::header::read_common;
     use std::vec::Vec;
+
+    /// The event codec on its own, without [`crate::message::Message`]'s dispatch on the type.
+    fn decode_event(buf: &[u8]) -> Result<EventView<'_>, DecodeError> {
+        let mut r = Reader::new(buf);
+        let (_, ty) = read_common(&mut r)?;
+        assert_eq!(ty, MessageType::Event);
+        let view = EventView::decode_body(&mut r)?;
+        r.finish()?;
+        Ok(view)
+    }
 
     fn header() -> EventHeader {
         EventHeader {
@@ -523,10 +533,7 @@ mod tests {
     }
 
     fn decode(buf: &[u8]) -> EventView<'_> {
-        match Message::decode(buf, usize::MAX).unwrap() {
-            Message::Event(e) => e,
-            other => panic!("not an event: {other:?}"),
-        }
+        decode_event(buf).unwrap()
     }
 
     #[test]
@@ -609,20 +616,17 @@ mod tests {
         let mut bad = buf;
         bad[EVENT_MIN_LEN + 2] = 0x7F;
         assert_eq!(
-            Message::decode(&bad[..len], 512).unwrap_err(),
+            decode_event(&bad[..len]).unwrap_err(),
             DecodeError::UnknownEncoding(0x7F)
         );
         let mut bad = buf;
         bad[EVENT_MIN_LEN + 3] = 200;
         assert!(matches!(
-            Message::decode(&bad[..len], 512),
+            decode_event(&bad[..len]),
             Err(DecodeError::Truncated { .. })
         ));
         let mut bad = buf;
         bad[EVENT_MIN_LEN + FIELD_HEADER_LEN] = 0xFF;
-        assert_eq!(
-            Message::decode(&bad[..len], 512).unwrap_err(),
-            DecodeError::InvalidUtf8
-        );
+        assert_eq!(decode_event(&bad[..len]).unwrap_err(), DecodeError::InvalidUtf8);
     }
 }

@@ -10,8 +10,10 @@ use lpcmon_protocol::event::{Event, FieldType, flags};
 use lpcmon_protocol::message::Loss;
 use lpcmon_protocol::server::{ProducerInfo, TransportInfo};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::kind::Kind;
+use crate::page::Page;
 use crate::timefmt::rfc3339_ns;
 
 /// One event ready for the store: its JSON and what the filters look at.
@@ -21,7 +23,7 @@ pub struct Record {
     pub pid: Option<u32>,
     /// Executable, command line and image path, lowercased and joined by `\n`, for `q`.
     pub search: String,
-    pub json: String,
+    pub json: Box<RawValue>,
 }
 
 #[derive(Serialize)]
@@ -267,7 +269,7 @@ pub fn event(
         kind,
         pid: Some(h.pid),
         search: search_text(&[executable, command_line, image_path]),
-        json: serde_json::to_string(&doc)?,
+        json: serde_json::value::to_raw_value(&doc)?,
     })
 }
 
@@ -300,7 +302,7 @@ fn server_record(
         kind,
         pid: None,
         search: String::new(),
-        json: serde_json::to_string(&doc)?,
+        json: serde_json::value::to_raw_value(&doc)?,
     })
 }
 
@@ -352,6 +354,28 @@ pub fn disconnect(
         None,
         Some(reason),
     )
+}
+
+/// The `GET /events` reply. The events are the stored JSON texts, embedded as they are: they
+/// were serialised once, at ingest, and are copied, not parsed or re-encoded, here. (Parsing
+/// each stored text back into a `&RawValue` per page instead cost about 25 times as much.)
+#[derive(Serialize)]
+struct PageJson<'a> {
+    events: Vec<&'a RawValue>,
+    next_after: Option<u64>,
+    oldest_id: Option<u64>,
+    newest_id: Option<u64>,
+}
+
+/// The page as one JSON object: `{"events":[...],"next_after":..,"oldest_id":..,"newest_id":..}`.
+pub fn page(page: &Page) -> Result<String, serde_json::Error> {
+    let events = page.events.iter().map(|event| &*event.json).collect();
+    serde_json::to_string(&PageJson {
+        events,
+        next_after: page.next_after,
+        oldest_id: page.oldest_id,
+        newest_id: page.newest_id,
+    })
 }
 
 #[cfg(test)]
@@ -418,7 +442,7 @@ mod tests {
             ],
         };
         let rec = event(42, 1_700_000_000_000_000_002, &producer(), &ev, &transport()).unwrap();
-        let v: Value = serde_json::from_str(&rec.json).unwrap();
+        let v: Value = serde_json::from_str(rec.json.get()).unwrap();
         assert_eq!(
             v,
             json!({
@@ -446,7 +470,7 @@ mod tests {
             total: 3,
         };
         let rec = loss(7, 0, &producer(), &l).unwrap();
-        let v: Value = serde_json::from_str(&rec.json).unwrap();
+        let v: Value = serde_json::from_str(rec.json.get()).unwrap();
         assert_eq!(
             v["loss"],
             json!({"stage": "server_ingest", "count": 3, "first_seq": 10, "last_seq": 12})

@@ -33,7 +33,7 @@ fn sse_event(item: Item) -> Event {
         Item::Event(event) => Event::default()
             .id(event.id.to_string())
             .event(event.kind.name())
-            .data(&*event.json),
+            .data(event.json.get()),
         Item::Gap {
             missed,
             reason,

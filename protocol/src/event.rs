@@ -15,49 +15,19 @@ use crate::cursor::{Reader, Writer, utf8_prefix};
 use crate::error::{DecodeError, EncodeError};
 use crate::header::{COMMON_HEADER_LEN, MAX_SEQ, MessageType, VERSION, write_common};
 
-/// What happened. The names are the JSON `kind` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum EventKind {
-    ProcessStart = 1,
-    ProcessExec = 2,
-    ProcessExit = 3,
-    ThreadStart = 4,
-    ThreadExit = 5,
-    ImageLoad = 6,
-    /// Linux: a process changed its real or effective uid.
-    ProcessSetuid = 7,
-    /// Linux: a process changed its `comm` name.
-    ProcessRename = 8,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 8] = [
-        Self::ProcessStart,
-        Self::ProcessExec,
-        Self::ProcessExit,
-        Self::ThreadStart,
-        Self::ThreadExit,
-        Self::ImageLoad,
-        Self::ProcessSetuid,
-        Self::ProcessRename,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ProcessStart => "process.start",
-            Self::ProcessExec => "process.exec",
-            Self::ProcessExit => "process.exit",
-            Self::ThreadStart => "thread.start",
-            Self::ThreadExit => "thread.exit",
-            Self::ImageLoad => "image.load",
-            Self::ProcessSetuid => "process.setuid",
-            Self::ProcessRename => "process.rename",
-        }
-    }
-
-    pub fn from_u16(v: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| *k as u16 == v)
+wire_enum! {
+    /// What happened. The names are the JSON `kind` values.
+    pub enum EventKind: u16 {
+        ProcessStart = 1 => "process.start",
+        ProcessExec = 2 => "process.exec",
+        ProcessExit = 3 => "process.exit",
+        ThreadStart = 4 => "thread.start",
+        ThreadExit = 5 => "thread.exit",
+        ImageLoad = 6 => "image.load",
+        /// Linux: a process changed its real or effective uid.
+        ProcessSetuid = 7 => "process.setuid",
+        /// Linux: a process changed its `comm` name.
+        ProcessRename = 8 => "process.rename",
     }
 }
 
@@ -366,7 +336,7 @@ pub struct EventView<'a> {
 impl<'a> EventView<'a> {
     pub(crate) fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let seq = r.u64()?;
-        let kind = EventKind::from_u16(r.u16()?).ok_or(DecodeError::InvalidValue("event kind"))?;
+        let kind = EventKind::from_repr(r.u16()?).ok_or(DecodeError::InvalidValue("event kind"))?;
         let flags = r.u16()?;
         let field_count = r.u16()?;
         let _reserved = r.u16()?;

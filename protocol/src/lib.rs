@@ -24,6 +24,9 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[macro_use]
+mod wire_enum;
+
 mod cursor;
 pub mod error;
 pub mod event;

@@ -319,10 +319,6 @@ impl FieldView<'_> {
         let arr: [u8; 4] = self.bytes.try_into().ok()?;
         (self.encoding == Encoding::Bytes).then(|| u32::from_le_bytes(arr))
     }
-
-    pub fn as_i32(&self) -> Option<i32> {
-        self.as_u32().map(|v| v as i32)
-    }
 }
 
 /// A received, validated event borrowing the receive buffer.

@@ -220,8 +220,6 @@ pub struct Loss {
     pub total: u64,
 }
 
-pub const LOSS_LEN: usize = COMMON_HEADER_LEN + 8 + 32;
-
 impl Loss {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer::new(out);
@@ -272,8 +270,6 @@ pub struct Heartbeat {
     pub send_failed: u64,
     pub last_seq: u64,
 }
-
-pub const HEARTBEAT_LEN: usize = COMMON_HEADER_LEN + 32;
 
 impl Heartbeat {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {

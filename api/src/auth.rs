@@ -1,4 +1,4 @@
-//! Bearer-token authentication (DESIGN §5 Security).
+//! Bearer-token authentication (`docs/design.md`, "Security").
 //!
 //! With a token configured, every route needs `Authorization: Bearer <token>` except
 //! `/healthz` (so supervisors can probe liveness) and the static dashboard (`/` and

@@ -1,4 +1,4 @@
-//! Turns the port server's outputs into event JSON, schema 1 (DESIGN §5).
+//! Turns the port server's outputs into event JSON, schema 1 (`docs/design.md`, "Event JSON").
 //!
 //! Each stored event is serialised exactly once, here, at ingest. Every later reader (REST
 //! pages, NDJSON, SSE) copies these bytes instead of serialising again. A field that does not

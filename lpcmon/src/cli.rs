@@ -1,4 +1,4 @@
-//! The `lpcmon` command line (DESIGN §6).
+//! The `lpcmon` command line (`docs/design.md`, "Command line").
 
 use std::net::SocketAddr;
 #[cfg(unix)]
@@ -140,7 +140,7 @@ pub struct LoadgenArgs {
     pub max_message: usize,
 }
 
-/// The default port: DESIGN §6.
+/// The default port (`docs/design.md`, "Command line").
 pub fn default_port() -> String {
     #[cfg(windows)]
     {

@@ -129,7 +129,7 @@ fn loadgen(socket: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("loadgen prints one JSON line")
 }
 
-/// DESIGN invariant 1 under overload: a tiny producer queue, a tiny ingest channel and a tiny
+/// Invariant 1 (`docs/design.md`) under overload: a tiny producer queue, a tiny ingest channel and a tiny
 /// store, with the load generator pushing as fast as it can.
 #[tokio::test(flavor = "multi_thread")]
 async fn loadgen_past_capacity_accounts_for_every_event_by_stage() {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use crate::assets::{self, Asset};
 use crate::error::ApiError;
 
-/// The HTTP contract, kept at the repository root (DESIGN §1) and compiled in.
+/// The HTTP contract, kept at the repository root and compiled in.
 pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");
 
 pub async fn healthz() -> Response {

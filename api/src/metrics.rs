@@ -11,6 +11,7 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
@@ -37,20 +38,31 @@ struct ReportCollector(Report);
 struct Families<'a>(DescriptorEncoder<'a>);
 
 impl Families<'_> {
-    fn counter(&mut self, name: &str, help: &str, unit: Option<&Unit>, value: u64) -> std::fmt::Result {
-        let metric = ConstCounter::new(value);
+    /// A family of one sample without labels.
+    fn one(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        metric: impl EncodeMetric,
+    ) -> std::fmt::Result {
         metric.encode(self.0.encode_descriptor(name, help, unit, metric.metric_type())?)
     }
 
-    fn gauge<N>(&mut self, name: &str, help: &str, unit: Option<&Unit>, value: N) -> std::fmt::Result
-    where
-        ConstGauge<N>: EncodeMetric,
-    {
-        let metric = ConstGauge::new(value);
-        metric.encode(self.0.encode_descriptor(name, help, unit, metric.metric_type())?)
+    /// A family of `kind` with one label.
+    fn labelled<'v, M: EncodeMetric>(
+        &mut self,
+        (name, help, unit, kind): (&str, &str, Option<&Unit>, MetricType),
+        label: &str,
+        values: impl IntoIterator<Item = (&'v str, M)>,
+    ) -> std::fmt::Result {
+        let mut family = self.0.encode_descriptor(name, help, unit, kind)?;
+        for (key, metric) in values {
+            metric.encode(family.encode_family(&[(label, key)])?)?;
+        }
+        Ok(())
     }
 
-    /// A counter family with one label.
     fn counters<'v>(
         &mut self,
         name: &str,
@@ -59,28 +71,19 @@ impl Families<'_> {
         label: &str,
         values: impl IntoIterator<Item = (&'v str, u64)>,
     ) -> std::fmt::Result {
-        let kind = ConstCounter::new(0u64).metric_type();
-        let mut family = self.0.encode_descriptor(name, help, unit, kind)?;
-        for (key, value) in values {
-            ConstCounter::new(value).encode(family.encode_family(&[(label, key)])?)?;
-        }
-        Ok(())
+        let values = values.into_iter().map(|(k, v)| (k, ConstCounter::new(v)));
+        self.labelled((name, help, unit, MetricType::Counter), label, values)
     }
 
-    /// A gauge family with one label.
-    fn gauges<'v>(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: impl IntoIterator<Item = (&'v str, i64)>,
-    ) -> std::fmt::Result {
-        let kind = ConstGauge::new(0i64).metric_type();
-        let mut family = self.0.encode_descriptor(name, help, None, kind)?;
-        for (key, value) in values {
-            ConstGauge::new(value).encode(family.encode_family(&[(label, key)])?)?;
-        }
-        Ok(())
+    fn counter(&mut self, name: &str, help: &str, unit: Option<&Unit>, value: u64) -> std::fmt::Result {
+        self.one(name, help, unit, ConstCounter::new(value))
+    }
+
+    fn gauge<N>(&mut self, name: &str, help: &str, unit: Option<&Unit>, value: N) -> std::fmt::Result
+    where
+        ConstGauge<N>: EncodeMetric,
+    {
+        self.one(name, help, unit, ConstGauge::new(value))
     }
 }
 
@@ -94,13 +97,12 @@ impl Collector for ReportCollector {
         let r = &self.0;
         let c = &r.counters;
         let mut f = Families(encoder);
-        let build = Info::new([("version", r.version)]);
-        build.encode(f.0.encode_descriptor(
+        f.one(
             "build",
             "The running build; the version is a label.",
             None,
-            build.metric_type(),
-        )?)?;
+            Info::new([("version", r.version)]),
+        )?;
         f.gauge(
             "start_time",
             "When the service started, since the Unix epoch.",
@@ -143,11 +145,17 @@ impl Collector for ReportCollector {
             "producer_kind",
             kinds.iter().map(|(k, v)| (*k, v.connections)),
         )?;
-        f.gauges(
-            "producers_connected",
-            "Producers connected now, by producer kind.",
+        f.labelled(
+            (
+                "producers_connected",
+                "Producers connected now, by producer kind.",
+                None,
+                MetricType::Gauge,
+            ),
             "producer_kind",
-            kinds.iter().map(|(k, v)| (*k, level(v.connected))),
+            kinds
+                .iter()
+                .map(|(k, v)| (*k, ConstGauge::new(level(v.connected)))),
         )?;
         f.counters(
             "refused_connections",

@@ -12,7 +12,8 @@
 //! - [`fragment`]: splitting events that exceed a port's message limit.
 //! - [`queue`]: the bounded, lock-free, allocation-free producer queue.
 //! - [`producer`]: the producer worker's state machine (connect, back off, send, report loss).
-//! - [`server`] (feature `alloc`): per-connection sessions, reassembly and loss accounting.
+//! - [`server`] (feature `alloc`): per-connection sessions, reassembly, loss accounting, and
+//!   the ingest gate that decides what a full ingest channel means.
 //!
 //! Without the default `alloc` feature the crate needs no allocator, which is how the kernel
 //! driver uses it.

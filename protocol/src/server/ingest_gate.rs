@@ -127,38 +127,17 @@ impl IngestGate {
         let mut report = GateReport::default();
         self.flush(sink);
         for output in outputs.drain(..) {
-            match output {
-                Output::Event {
-                    producer,
-                    event,
-                    transport,
-                } => {
-                    let seq = event.header.seq;
-                    let held = !self.backlog.is_empty() || self.pending_loss.contains_key(&producer.instance);
-                    let rejected = if held {
-                        Some(producer)
-                    } else {
-                        match sink.try_send(Output::Event {
-                            producer,
-                            event,
-                            transport,
-                        }) {
-                            Ok(()) => None,
-                            Err(Output::Event { producer, .. }) => Some(producer),
-                            Err(other) => unreachable!("a sink gave back {other:?} for an event"),
-                        }
-                    };
-                    if let Some(producer) = rejected {
-                        self.count_dropped(producer, seq);
-                        report.events_dropped += 1;
-                    }
+            if let Output::Event { producer, event, .. } = &output {
+                let (producer, seq) = (producer.clone(), event.header.seq);
+                let held = !self.backlog.is_empty() || self.pending_loss.contains_key(&producer.instance);
+                if held || sink.try_send(output).is_err() {
+                    self.count_dropped(producer, seq);
+                    report.events_dropped += 1;
                 }
-                other if self.backlog.is_empty() => {
-                    if let Err(other) = sink.try_send(other) {
-                        self.hold(other, &mut report);
-                    }
-                }
-                other => self.hold(other, &mut report),
+            } else if !self.backlog.is_empty() {
+                self.hold(output, &mut report);
+            } else if let Err(output) = sink.try_send(output) {
+                self.hold(output, &mut report);
             }
         }
         report

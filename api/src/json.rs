@@ -381,9 +381,11 @@ pub fn page(page: &Page) -> Result<String, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoredEvent;
     use lpcmon_protocol::event::{EventHeader, EventKind, Field, FieldValue};
     use lpcmon_protocol::message::{LossStage, ProducerKind};
     use serde_json::{Value, json};
+    use std::sync::Arc;
 
     fn producer() -> ProducerInfo {
         ProducerInfo {
@@ -458,6 +460,43 @@ mod tests {
         );
         assert_eq!(rec.pid, Some(1234));
         assert_eq!(rec.search, "/usr/bin/true\ntrue --x");
+    }
+
+    #[test]
+    fn a_page_embeds_the_stored_json_as_it_is() {
+        let l = Loss {
+            stage: LossStage::Transport,
+            count: 1,
+            first_seq: 4,
+            last_seq: 4,
+            total: 1,
+        };
+        let stored = |id| {
+            Arc::new(StoredEvent {
+                id,
+                kind: Kind::Loss,
+                pid: None,
+                producer: Arc::new(producer()),
+                search: "".into(),
+                json: loss(id, 0, &producer(), &l).unwrap().json,
+            })
+        };
+        let events = vec![stored(7), stored(8)];
+        let body = page(&Page {
+            events: events.clone(),
+            next_after: Some(8),
+            oldest_id: Some(1),
+            newest_id: None,
+        })
+        .unwrap();
+        let expected = format!(
+            r#"{{"events":[{},{}],"next_after":8,"oldest_id":1,"newest_id":null}}"#,
+            events[0].json.get(),
+            events[1].json.get()
+        );
+        assert_eq!(body, expected);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["events"][1]["loss"]["first_seq"], 4);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub const OS_ONLY: &[(&str, &str)] = &[
     ("sensor", "Linux"),
 ];
 
+/// Arguments whose values `lpcmon config show` does not print (it says only that they are set).
+pub const SECRETS: &[&str] = &["token"];
+
 /// The OS this binary was built for, as [`OS_ONLY`] names it.
 pub const THIS_OS: &str = if cfg!(windows) {
     "Windows"
@@ -36,8 +39,8 @@ pub const THIS_OS: &str = if cfg!(windows) {
         proc connector over a Unix SEQPACKET port and serves them at http://127.0.0.1:7878: \
         REST (/events), a server-sent-events stream (/events/stream), /stats, /metrics and a \
         browser dashboard. No event is lost without being counted and reported.\n\n\
-        Every flag can also be set in the environment (LPCMON_<FLAG>, e.g. LPCMON_RETAIN_BYTES) \
-        or in the config file (its long name as the key, e.g. `retain-bytes = \"64MiB\"`; a \
+        Every flag can also be set in the environment (LPCMON_<FLAG>, e.g. LPCMON_RETAIN_BYTES; \
+        a subcommand's as LPCMON_<SUBCOMMAND>_<FLAG>, e.g. LPCMON_LOADGEN_RATE) or in the config file (its long name as the key, e.g. `retain-bytes = \"64MiB\"`; a \
         subcommand's flags in a table named after it, e.g. [loadgen]). Flags win over the \
         environment, which wins over the file, which wins over the defaults: \
         `lpcmon config show` prints what is in force and where each value came from.",
@@ -214,7 +217,12 @@ pub struct LoadgenArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServerUrl {
     /// The server's HTTP address.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7878")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LPCMON_URL",
+        default_value = "http://127.0.0.1:7878"
+    )]
     pub url: String,
     /// Bearer token, if the server requires one (prefer --token-file: a command line is
     /// visible to every user).

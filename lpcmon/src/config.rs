@@ -3,8 +3,10 @@
 //! Nothing here names a flag. At start-up the `clap::Command` derived from `cli.rs` is walked,
 //! and every argument with a long name gets:
 //!
-//! - an environment variable `LPCMON_<LONG_NAME>` (`--retain-bytes` → `LPCMON_RETAIN_BYTES`),
-//!   unless it declares its own (`--token` has `LPCMON_TOKEN`);
+//! - an environment variable, `LPCMON_<LONG_NAME>` for the global and `serve` flags
+//!   (`--retain-bytes` → `LPCMON_RETAIN_BYTES`) and `LPCMON_<SUBCOMMAND>_<LONG_NAME>` for a
+//!   subcommand's (`loadgen --rate` → `LPCMON_LOADGEN_RATE`), unless it declares its own
+//!   (`--token` has `LPCMON_TOKEN`, `status`/`tail --url` share `LPCMON_URL`);
 //! - a config-file key, its long name: at the top level for the global flags and those of
 //!   `serve` (a `[serve]` table is accepted too), in a table named after the subcommand for
 //!   the others (`[loadgen]`, `[tail]`, …). A file value becomes the argument's *default*, which
@@ -58,9 +60,14 @@ pub fn default_path() -> PathBuf {
     }
 }
 
-/// The environment variable a long flag reads.
-pub fn env_name(long: &str) -> String {
-    format!("LPCMON_{}", long.to_ascii_uppercase().replace('-', "_"))
+/// The environment variable of a long flag: `LPCMON_<FLAG>` for the global and `serve` flags,
+/// `LPCMON_<SUBCOMMAND>_<FLAG>` for a subcommand's, as the file has top-level keys and tables.
+pub fn env_name(subcommand: &str, long: &str) -> String {
+    let name = match subcommand {
+        "" | "serve" => format!("LPCMON_{long}"),
+        sub => format!("LPCMON_{sub}_{long}"),
+    };
+    name.to_ascii_uppercase().replace('-', "_")
 }
 
 /// The OS an argument is limited to, if it is limited and this is not that OS.
@@ -78,12 +85,18 @@ fn is_builtin(arg: &Arg) -> bool {
 
 /// Adds the environment variables and hides other OSes' flags, for the whole tree.
 fn decorate(cmd: Command) -> Command {
+    decorate_under(cmd, "")
+}
+
+fn decorate_under(cmd: Command, subcommand: &str) -> Command {
     cmd.mut_args(|arg| {
         let Some(long) = arg.get_long().map(str::to_owned) else {
             return arg;
         };
+        // Help shows the variable's name, not its current value: a value that changes with
+        // the caller's environment is no default, and could be a secret.
         let arg = if arg.get_env().is_none() && !is_builtin(&arg) {
-            arg.env(env_name(&long))
+            arg.env(env_name(subcommand, &long)).hide_env_values(true)
         } else {
             arg
         };
@@ -93,7 +106,14 @@ fn decorate(cmd: Command) -> Command {
             arg
         }
     })
-    .mut_subcommands(decorate)
+    .mut_subcommands(|sub| {
+        let name = if subcommand.is_empty() {
+            sub.get_name().to_owned()
+        } else {
+            format!("{subcommand}_{}", sub.get_name())
+        };
+        decorate_under(sub, &name)
+    })
 }
 
 /// Parses the process's own command line, exiting like clap on `--help`, `--version` and
@@ -130,7 +150,7 @@ where
         Ok(m) => m,
         Err(e) => e.exit(),
     };
-    refuse_foreign(&matches)?;
+    refuse_foreign(&command, &matches)?;
     let cli = Cli::from_arg_matches(&matches).advise(Kind::Usage, "see `lpcmon --help`")?;
     Ok(Layered {
         cli,
@@ -142,8 +162,8 @@ where
 }
 
 /// Refuses flags (or variables) that do nothing on this OS, in the subcommand that runs.
-fn refuse_foreign(matches: &ArgMatches) -> anyhow::Result<()> {
-    let mut m = matches;
+fn refuse_foreign(command: &Command, matches: &ArgMatches) -> anyhow::Result<()> {
+    let (mut cmd, mut m) = (command, matches);
     loop {
         for id in m.ids() {
             let Some(os) = foreign_os(id.as_str()) else {
@@ -151,7 +171,13 @@ fn refuse_foreign(matches: &ArgMatches) -> anyhow::Result<()> {
             };
             let given = match m.value_source(id.as_str()) {
                 Some(ValueSource::CommandLine) => "remove it from the command line".to_owned(),
-                Some(ValueSource::EnvVariable) => format!("unset {}", env_name(&long_of(id.as_str()))),
+                Some(ValueSource::EnvVariable) => {
+                    let env = cmd
+                        .get_arguments()
+                        .find(|a| a.get_id() == id)
+                        .and_then(Arg::get_env);
+                    format!("unset {}", env.map(|e| e.to_string_lossy()).unwrap_or_default())
+                }
                 _ => continue,
             };
             return Err(fail(
@@ -165,7 +191,10 @@ fn refuse_foreign(matches: &ArgMatches) -> anyhow::Result<()> {
             ));
         }
         match m.subcommand() {
-            Some((_, sub)) => m = sub,
+            Some((name, sub)) => {
+                cmd = cmd.find_subcommand(name).expect("clap matched it");
+                m = sub;
+            }
             None => return Ok(()),
         }
     }
@@ -388,7 +417,7 @@ impl Layered {
     }
 
     /// The effective configuration as a TOML file a person could keep, each value with where
-    /// it came from. Secrets (arguments that hide their environment values) are not printed.
+    /// it came from. Secrets ([`cli::SECRETS`]) are not printed.
     pub fn show(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -449,7 +478,7 @@ impl Layered {
                 .unwrap_or_default();
             let value = if raw.is_empty() {
                 "# (not set)".to_owned()
-            } else if arg.is_hide_env_values_set() {
+            } else if cli::SECRETS.contains(&id) {
                 "\"(secret, not shown)\"".to_owned()
             } else if matches!(arg.get_action(), ArgAction::Append) {
                 format!(

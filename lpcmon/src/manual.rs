@@ -25,7 +25,9 @@ pub fn man(command: &Command) -> anyhow::Result<()> {
         (
             "ENVIRONMENT",
             "Every flag can be set as LPCMON_<FLAG> (upper case, dashes as underscores), e.g. \
-             LPCMON_RETAIN_BYTES=1GiB, LPCMON_TOKEN. RUST_LOG sets the log filter (RUST_LOG=debug \
+             LPCMON_RETAIN_BYTES=1GiB, LPCMON_TOKEN; a subcommand's flags as \
+             LPCMON_<SUBCOMMAND>_<FLAG>, e.g. LPCMON_LOADGEN_RATE=500; LPCMON_URL for status and \
+             tail. RUST_LOG sets the log filter (RUST_LOG=debug \
              also prints backtraces on failure). NO_COLOR turns colour off.",
         ),
         (

@@ -100,6 +100,12 @@ fn decorate_under(cmd: Command, subcommand: &str) -> Command {
         } else {
             arg
         };
+        // A switch in the environment reads as people write it there: 1/0, yes/no, on/off.
+        let arg = if matches!(arg.get_action(), ArgAction::SetTrue) {
+            arg.value_parser(clap::builder::BoolishValueParser::new())
+        } else {
+            arg
+        };
         if foreign_os(arg.get_id().as_str()).is_some() {
             arg.hide(true)
         } else {
@@ -478,6 +484,9 @@ impl Layered {
                 .unwrap_or_default();
             let value = if raw.is_empty() {
                 "# (not set)".to_owned()
+            } else if matches!(arg.get_action(), ArgAction::SetTrue) {
+                // `1` or `yes` from the environment, as the file would need it.
+                matches.get_flag(id).to_string()
             } else if cli::SECRETS.contains(&id) {
                 "\"(secret, not shown)\"".to_owned()
             } else if matches!(arg.get_action(), ArgAction::Append) {

@@ -33,6 +33,8 @@ fn main() -> ExitCode {
     };
     let global = layered.cli.global.clone();
     let debug = exit::debug_requested(global.debug);
+    // --debug may also have come from LPCMON_DEBUG or the file; still one thread here.
+    init_backtraces(debug);
     init_logs(global.log_format, global.debug);
     match run(layered) {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,8 +46,8 @@ fn main() -> ExitCode {
 /// error never prints one, so capture only when it will be printed: with --debug or
 /// RUST_LOG=debug. Panics (bugs) still follow RUST_BACKTRACE.
 fn init_backtraces(debug: bool) {
-    // SAFETY: called first thing in main, while the process has a single thread, so no other
-    // thread can be reading the environment.
+    // SAFETY: called only at the start of main, before the runtime or any other thread
+    // exists, so no other thread can be reading the environment.
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", if debug { "1" } else { "0" }) };
 }
 

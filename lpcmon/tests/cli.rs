@@ -175,6 +175,16 @@ fn config_precedence_flags_then_environment_then_file_then_defaults() {
             origin: "environment LPCMON_URL",
         },
         Case {
+            what: "a switch from the environment",
+            file: "[status]\njson = false\n",
+            env: &[("LPCMON_STATUS_JSON", "yes")],
+            args: &[],
+            section: "status",
+            key: "json",
+            value: "true",
+            origin: "environment LPCMON_STATUS_JSON",
+        },
+        Case {
             what: "durations from the file",
             file: "[status]\ninterval = \"500ms\"\n",
             env: &[],

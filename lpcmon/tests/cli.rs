@@ -9,16 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod common;
+use common::free_port;
+
 fn lpcmon() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpcmon"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LPCMON_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE");
+    common::clean_env(&mut cmd);
     cmd.stdin(Stdio::null());
     cmd
 }
@@ -252,11 +248,7 @@ fn the_file_layer_reaches_the_running_command() {
     // `status` against a closed port fails to connect whatever the file says, but it must be
     // the file's URL it tried.
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let path = write_config(
         dir.path(),
         &format!("[status]\nurl = \"http://127.0.0.1:{port}\"\n"),
@@ -386,14 +378,6 @@ fn human_units_are_accepted_on_the_command_line_and_bad_ones_refused() {
         .args(["status", "--interval", "2"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a duration"), "{err}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -14,7 +14,7 @@
 #![cfg(unix)]
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,13 +38,8 @@ fn skip_browser() -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 /// Polls `probe` until it gives a value; fails the test, saying what it waited for, at [`WAIT`].
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
@@ -129,17 +124,7 @@ impl Server {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("events.sock");
         let proc = Proc::spawn(
-            lpcmon()
-                .args([
-                    "serve",
-                    "--sensor",
-                    "none",
-                    "--listen",
-                    &format!("127.0.0.1:{http_port}"),
-                    "--port",
-                ])
-                .arg(&socket)
-                .args(extra),
+            common::serve_args(&mut lpcmon(), http_port, &socket).args(extra),
             false,
         );
         let mut server = Server {

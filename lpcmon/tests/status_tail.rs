@@ -4,7 +4,6 @@
 #![cfg(unix)]
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,27 +12,18 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+mod common;
+use common::free_port;
+
 fn lpcmon() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpcmon"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LPCMON_") {
-            cmd.env_remove(&name);
-        }
-    }
+    common::clean_env(&mut cmd);
     // An explicit, empty config file: a machine's /etc/lpcmon/lpcmon.toml must not matter.
     cmd.arg("--config").arg("/dev/null");
     cmd.env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     cmd
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child killed when dropped.
@@ -56,16 +46,7 @@ fn serve(dir: &Path, http_port: u16, extra: &[&str]) -> Served {
     std::fs::create_dir_all(dir).unwrap();
     let socket = dir.join("events.sock");
     let proc = Proc(
-        lpcmon()
-            .args([
-                "serve",
-                "--sensor",
-                "none",
-                "--listen",
-                &format!("127.0.0.1:{http_port}"),
-                "--port",
-            ])
-            .arg(&socket)
+        common::serve_args(&mut lpcmon(), http_port, &socket)
             .args(extra)
             .stdout(Stdio::null())
             .spawn()

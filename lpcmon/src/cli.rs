@@ -82,6 +82,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the Linux proc-connector sensor as its own (privileged) process, so the HTTP server
     /// can run unprivileged.
+    #[command(hide = cfg!(not(target_os = "linux")))]
     Sensor(SensorArgs),
     /// Run the synthetic load generator against a port.
     Loadgen(LoadgenArgs),

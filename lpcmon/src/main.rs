@@ -258,7 +258,13 @@ fn start_port(
         allow_administrators: args.allow_administrators,
         allow_user_mode_producers: args.allow_user_mode_producers,
     };
-    WindowsPortServer::start(config, dispatcher).with_context(|| format!("cannot create the port {port}"))
+    WindowsPortServer::start(config, dispatcher)
+        .with_context(|| format!("cannot create the port {port}"))
+        .advise(
+            Kind::Runtime,
+            "run lpcmon as LocalSystem (`lpcmon service install`) or as an Administrator; if \
+             another lpcmon serves this port, stop it or choose another with --port",
+        )
 }
 
 #[cfg(windows)]

@@ -520,3 +520,76 @@ fn toml_scalar(v: &str) -> String {
         toml::Value::String(v.to_owned()).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each flag of another OS, given on the command line with a value its parser accepts.
+    fn foreign_flags() -> Vec<Vec<String>> {
+        let command = Cli::command();
+        cli::OS_ONLY
+            .iter()
+            .filter(|(_, os)| *os != cli::THIS_OS)
+            .map(|(id, _)| {
+                let arg = command
+                    .get_arguments()
+                    .find(|a| a.get_id() == *id)
+                    .unwrap_or_else(|| panic!("OS_ONLY names {id}, which is no argument"));
+                let mut words = vec![format!("--{}", arg.get_long().unwrap())];
+                if let Some(value) = arg.get_possible_values().first()
+                    && arg.get_action().takes_values()
+                {
+                    words.push(value.get_name().to_owned());
+                }
+                words
+            })
+            .collect()
+    }
+
+    #[test]
+    fn other_os_flags_are_hidden_and_refused_on_this_one() {
+        let flags = foreign_flags();
+        assert!(!flags.is_empty(), "every OS has another OS's flags to refuse");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let help = decorate(Cli::command()).render_long_help().to_string();
+        for words in flags {
+            assert!(
+                !help.contains(&format!("{} ", words[0])),
+                "{} is in this OS's help",
+                words[0]
+            );
+            let mut args = vec![
+                "lpcmon".to_owned(),
+                "--config".to_owned(),
+                empty.display().to_string(),
+                "serve".to_owned(),
+            ];
+            args.extend(words.iter().cloned());
+            let err = parse_from(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{words:?} was accepted"));
+            let failure = err.downcast_ref::<crate::exit::Failure>().expect("a Failure");
+            assert_eq!(failure.kind, Kind::Usage, "{err:#}");
+            assert!(format!("{err:#}").contains("applies only on"), "{err:#}");
+            // And in the file.
+            let file = dir.path().join("foreign.toml");
+            let key = words[0].trim_start_matches("--");
+            let value = words.get(1).map_or("true".to_owned(), |v| format!("{v:?}"));
+            std::fs::write(&file, format!("{key} = {value}\n")).unwrap();
+            let err = parse_from(["lpcmon", "--config", &file.display().to_string(), "serve"])
+                .err()
+                .expect("refused");
+            assert!(format!("{err:#}").contains(":1: "), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn env_names_follow_the_file_layout() {
+        assert_eq!(env_name("", "retain-bytes"), "LPCMON_RETAIN_BYTES");
+        assert_eq!(env_name("serve", "retain-bytes"), "LPCMON_RETAIN_BYTES");
+        assert_eq!(env_name("loadgen", "max-message"), "LPCMON_LOADGEN_MAX_MESSAGE");
+    }
+}

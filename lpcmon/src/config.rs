@@ -135,15 +135,12 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let command = decorate(Cli::command());
-    // A first, forgiving pass only to learn `--config` (or LPCMON_CONFIG).
-    let early = command
-        .clone()
-        .ignore_errors(true)
-        .try_get_matches_from(&args)
-        .ok();
-    let explicit = early
-        .as_ref()
-        .and_then(|m| m.get_one::<PathBuf>("config").cloned());
+    // A first, forgiving pass only to learn `--config` (or LPCMON_CONFIG). It stops at
+    // `--help` and `--version`, which must show the file's defaults too: then a plain scan.
+    let explicit = match command.clone().ignore_errors(true).try_get_matches_from(&args) {
+        Ok(early) => early.get_one::<PathBuf>("config").cloned(),
+        Err(_) => scan_for_config(&args),
+    };
     let file = match explicit {
         Some(path) => Some(path),
         None => Some(default_path()).filter(|p| p.exists()),
@@ -165,6 +162,23 @@ where
         file,
         origins,
     })
+}
+
+/// `--config PATH`, `--config=PATH` or LPCMON_CONFIG, read without clap.
+fn scan_for_config(args: &[OsString]) -> Option<PathBuf> {
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        if word == "--" {
+            break;
+        }
+        if word == "--config" {
+            return words.next().map(PathBuf::from);
+        }
+        if let Some(path) = word.to_str().and_then(|w| w.strip_prefix("--config=")) {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os(env_name("", "config")).map(PathBuf::from)
 }
 
 /// Refuses flags (or variables) that do nothing on this OS, in the subcommand that runs.

@@ -259,6 +259,18 @@ fn the_file_layer_reaches_the_running_command() {
 }
 
 #[test]
+fn help_shows_the_defaults_the_file_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "retain = 5\n[loadgen]\nrate = 7\n");
+    let (code, out, _) = run(lpcmon().arg("--config").arg(&path).arg("--help"));
+    assert_eq!(code, 0);
+    assert!(out.contains("[default: 5]"), "{out}");
+    let (code, out, _) = run(lpcmon().env("LPCMON_CONFIG", &path).args(["loadgen", "-h"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("[default: 7]"), "{out}");
+}
+
+#[test]
 fn bad_config_files_are_usage_errors_that_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &str)] = &[

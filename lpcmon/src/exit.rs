@@ -135,7 +135,7 @@ pub fn report(err: &anyhow::Error, debug: bool) -> ExitCode {
     ExitCode::from(kind.code())
 }
 
-/// The error chain on one line, without repeating a [`Failure`]'s own wrapper.
+/// The error chain on one line (a [`Failure`] shows its cause's chain, not itself).
 fn one_line(err: &anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
 }

@@ -1,7 +1,7 @@
 // The side panels and banners: per-kind counters, producers, losses, server notices, and the
 // banner that says when this view missed events or a producer lost some.
 
-import { clock, producerName } from './table.js';
+import { clock, lossWhere, producerName } from './table.js';
 
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n || 0).toLocaleString();
@@ -190,7 +190,9 @@ export class MissedBanner {
     const l = ev.loss || {};
     this.losses += 1;
     this.lost += l.count || 0;
-    this.lastLoss = `latest: ${producerName(ev.producer)} lost ${fmt(l.count)} at ${l.stage} (seq ${l.first_seq}–${l.last_seq}) at ${clock(ev.time)}`;
+    const where = lossWhere(l, ev.time);
+    const when = where.startsWith('at ') ? '' : ` at ${clock(ev.time)}`;
+    this.lastLoss = `latest: ${producerName(ev.producer)} lost ${fmt(l.count)} at ${l.stage} ${where}${when}`;
     this.render();
   }
 

@@ -18,6 +18,7 @@ mod auth;
 mod config;
 mod error;
 mod follow;
+mod guard;
 mod ingest;
 mod json;
 mod kind;
@@ -32,7 +33,7 @@ mod stats;
 mod store;
 mod timefmt;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, HostPolicy};
 pub use ingest::spawn_ingest;
 pub use routes::{router, routes};
 pub use serve::serve;

@@ -14,13 +14,14 @@ use serde::Serialize;
 use crate::kind::{Kind, PRODUCER_KINDS};
 use crate::timefmt::rfc3339_ns;
 
-const REFUSE_REASONS: [RefuseReason; 6] = [
+const REFUSE_REASONS: [RefuseReason; 7] = [
     RefuseReason::UnsupportedVersion,
     RefuseReason::Unauthorised,
     RefuseReason::Malformed,
     RefuseReason::TooManyProducers,
     RefuseReason::AlreadyConnected,
     RefuseReason::ShuttingDown,
+    RefuseReason::HandshakeTimeout,
 ];
 
 /// Seconds over which `/stats` averages its rates.

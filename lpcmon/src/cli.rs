@@ -84,8 +84,36 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub retain_bytes: usize,
     /// Require `Authorization: Bearer TOKEN` (or ?token= on the stream). There is no default.
-    #[arg(long, env = "LPCMON_TOKEN", hide_env_values = true)]
+    /// Prefer --token-file or LPCMON_TOKEN: a command line is visible to every local user.
+    #[arg(
+        long,
+        env = "LPCMON_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
+    /// Read the bearer token from this file (surrounding whitespace ignored). The file must
+    /// not be readable by other users (e.g. mode 0600 or 0640).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Also answer requests whose Host is NAME (e.g. a reverse proxy's name). On a loopback
+    /// listener only localhost, 127.0.0.1 and [::1] are answered otherwise (DNS rebinding
+    /// defence); on any other address, giving this restricts Host to loopback names and these.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Most HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 512)]
+    pub max_http_connections: usize,
+    /// Seconds a client may take to send a request's headers before it is disconnected.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds an HTTP connection may stay silent (no byte either way) before it is closed.
+    /// SSE streams send keep-alives, so they are never idle.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// Seconds a producer has, once connected to the port, to send a valid Hello (Unix).
+    #[arg(long, default_value_t = 5)]
+    pub handshake_timeout: u64,
     /// The in-process Linux sensor.
     #[arg(long, value_enum, default_value_t = SensorMode::Auto)]
     pub sensor: SensorMode,

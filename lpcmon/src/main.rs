@@ -1,6 +1,7 @@
 //! The `lpcmon` binary: wires the port server, the protocol dispatcher, the optional in-process
 //! sensor and the HTTP service together.
 
+mod access;
 mod cli;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    access::raise_file_limit();
     let stop = Arc::new(AtomicBool::new(false));
     runtime()?.block_on(serve_until(args, stop, shutdown_signal()))
 }
@@ -74,7 +76,12 @@ async fn serve_until(
     stop: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && args.token.is_none() {
+    let token = access::resolve_token(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        std::env::var("LPCMON_TOKEN").ok().as_deref(),
+    )?;
+    if !args.listen.ip().is_loopback() && token.is_none() {
         bail!(
             "refusing to listen on {} without --token: anything but loopback needs a bearer token \
              (there is no default password)",
@@ -82,10 +89,17 @@ async fn serve_until(
         );
     }
     let port = args.port.clone().unwrap_or_else(cli::default_port);
+    let idle_timeout = std::time::Duration::from_secs(args.idle_timeout.max(1));
     let state = AppState::new(ApiConfig {
         retain: args.retain,
         retain_bytes: args.retain_bytes,
-        token: args.token.clone(),
+        token,
+        hosts: access::host_policy(args.listen, &args.allowed_hosts),
+        max_connections: args.max_http_connections,
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        idle_timeout,
+        // Streams must write more often than the idle timeout, or it would close them.
+        keepalive: ApiConfig::default().keepalive.min(idle_timeout / 3),
         ..ApiConfig::default()
     });
     let (ingest_tx, ingest_rx) = mpsc::channel(args.ingest_capacity.max(1));
@@ -133,6 +147,7 @@ fn start_port(
     ));
     let config = UnixPortConfig {
         max_message: args.max_message,
+        handshake_timeout: std::time::Duration::from_secs(args.handshake_timeout.max(1)),
         ..UnixPortConfig::new(port)
     };
     UnixPortServer::start(config, dispatcher).with_context(|| format!("cannot create the port {port}"))

@@ -157,6 +157,9 @@ pub enum RefuseReason {
     TooManyProducers = 4,
     AlreadyConnected = 5,
     ShuttingDown = 6,
+    /// The peer connected but sent no valid Hello in time. Never sent (the peer said
+    /// nothing); the server counts its refusal under this name.
+    HandshakeTimeout = 7,
 }
 
 impl RefuseReason {
@@ -168,6 +171,7 @@ impl RefuseReason {
             Self::TooManyProducers => "too_many_producers",
             Self::AlreadyConnected => "already_connected",
             Self::ShuttingDown => "shutting_down",
+            Self::HandshakeTimeout => "handshake_timeout",
         }
     }
 
@@ -179,6 +183,7 @@ impl RefuseReason {
             4 => Self::TooManyProducers,
             5 => Self::AlreadyConnected,
             6 => Self::ShuttingDown,
+            7 => Self::HandshakeTimeout,
             _ => return Err(DecodeError::InvalidValue("refuse reason")),
         })
     }

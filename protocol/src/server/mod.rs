@@ -11,8 +11,10 @@
 //! reconnect is seen, and a producer's own report of what it lost while disconnected is matched
 //! against it instead of being counted twice.
 
+mod peer_text;
 mod reassembly;
 mod sequence;
 mod session;
 
+pub use peer_text::escape_peer_text;
 pub use session::{Action, ConnId, Output, ProducerInfo, Server, ServerConfig, TransportInfo};

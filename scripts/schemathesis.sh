@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 
 LPCMON=${1:-target/debug/lpcmon}
 ST=${SCHEMATHESIS:-.venv-ci/bin/schemathesis}
-EXAMPLES=${SCHEMATHESIS_EXAMPLES:-25}
-TIMEOUT=${SCHEMATHESIS_REQUEST_TIMEOUT:-2}
+EXAMPLES=${SCHEMATHESIS_EXAMPLES:-20}
+TIMEOUT=${SCHEMATHESIS_REQUEST_TIMEOUT:-1}
 
 work=$(mktemp -d)
 server_pid=

@@ -19,15 +19,13 @@ fn resume_after(headers: &HeaderMap, query_after: Option<u64>) -> Result<Option<
     let Some(value) = headers.get("last-event-id") else {
         return Ok(query_after);
     };
-    // Not UTF-8 is as wrong as `garbage`: both are a 400, never silently ignored.
+    // Not UTF-8, or empty, is as wrong as `garbage`: all are a 400, never silently ignored.
+    // (A browser sends the header only when it has an id to resume from.)
     let text = value.to_str().map(str::trim).map_err(|_| {
         ApiError::bad_request(format!(
             "Last-Event-ID must be an event id, not the bytes {value:?}"
         ))
     })?;
-    if text.is_empty() {
-        return Ok(query_after);
-    }
     parse_decimal(text)
         .map(Some)
         .ok_or_else(|| ApiError::bad_request(format!("Last-Event-ID must be an event id, not {text:?}")))

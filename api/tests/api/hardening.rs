@@ -280,7 +280,7 @@ async fn plus_signs_and_undecodable_last_event_ids_are_refused() {
         let (status, body) = s.get_json(path).await;
         assert_eq!(status, 400, "{path}: {body}");
     }
-    for value in [&b"+3"[..], b"\xff\xfe", b"garbage"] {
+    for value in [&b"+3"[..], b"\xff\xfe", b"garbage", b""] {
         let r = s
             .client
             .get(s.url("/events/stream"))

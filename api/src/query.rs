@@ -74,10 +74,12 @@ impl Filter {
     }
 }
 
-/// The raw parameters of `GET /events`, as serde_html_form splits them.
+/// The raw parameters of `GET /events` and `GET /events/stream`, as serde_html_form splits
+/// them. One struct for both routes: `limit` belongs only to the page and `token` only to
+/// the stream (the auth layer reads it), which the conversions below enforce.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventsParams {
+pub struct QueryParams {
     #[serde(default)]
     after: Vec<String>,
     #[serde(default)]
@@ -90,25 +92,8 @@ pub struct EventsParams {
     producer: Vec<String>,
     #[serde(default)]
     q: Vec<String>,
-}
-
-/// The raw parameters of `GET /events/stream`. `token` is checked by the auth layer and only
-/// allowed here.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamParams {
     #[serde(default)]
-    after: Vec<String>,
-    #[serde(default)]
-    kind: Vec<String>,
-    #[serde(default)]
-    pid: Vec<String>,
-    #[serde(default)]
-    producer: Vec<String>,
-    #[serde(default)]
-    q: Vec<String>,
-    #[serde(default, rename = "token")]
-    _token: Vec<String>,
+    token: Vec<String>,
 }
 
 /// `GET /events`.
@@ -126,10 +111,16 @@ pub struct StreamQuery {
     pub filter: Filter,
 }
 
-impl TryFrom<EventsParams> for EventsQuery {
+impl TryFrom<QueryParams> for EventsQuery {
     type Error = ApiError;
 
-    fn try_from(p: EventsParams) -> Result<Self, ApiError> {
+    fn try_from(p: QueryParams) -> Result<Self, ApiError> {
+        if !p.token.is_empty() {
+            return Err(ApiError::bad_request(
+                "unknown query parameter `token`: only /events/stream takes it; send \
+                 `Authorization: Bearer` here",
+            ));
+        }
         let limit = match single("limit", &p.limit)? {
             None => DEFAULT_LIMIT,
             Some(text) => {
@@ -150,10 +141,15 @@ impl TryFrom<EventsParams> for EventsQuery {
     }
 }
 
-impl TryFrom<StreamParams> for StreamQuery {
+impl TryFrom<QueryParams> for StreamQuery {
     type Error = ApiError;
 
-    fn try_from(p: StreamParams) -> Result<Self, ApiError> {
+    fn try_from(p: QueryParams) -> Result<Self, ApiError> {
+        if !p.limit.is_empty() {
+            return Err(ApiError::bad_request(
+                "unknown query parameter `limit`: a stream has no page size",
+            ));
+        }
         Ok(StreamQuery {
             after: optional_number("after", &p.after)?,
             filter: filter(&p.kind, &p.pid, &p.producer, &p.q)?,
@@ -237,7 +233,7 @@ mod tests {
     use lpcmon_protocol::EventKind;
 
     fn events(raw: &str) -> Result<EventsQuery, ApiError> {
-        let params: EventsParams =
+        let params: QueryParams =
             serde_html_form::from_str(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
         EventsQuery::try_from(params)
     }
@@ -277,7 +273,7 @@ mod tests {
         assert!(bad("pid=1&pid=2").contains("more than once"));
         assert!(bad("producer=zz").contains("producer kind"));
         assert!(bad("kinds=loss").contains("unknown field"));
-        assert!(bad("token=x").contains("unknown field"));
+        assert!(bad("token=x").contains("unknown query parameter `token`"));
     }
 
     /// Finding 11 (a leading `+`) and finding 12 (an empty `limit=` accepted).
@@ -300,11 +296,15 @@ mod tests {
     #[test]
     fn stream_takes_a_token_but_no_limit() {
         let stream = |raw: &str| {
-            serde_html_form::from_str::<StreamParams>(raw)
+            serde_html_form::from_str::<QueryParams>(raw)
                 .map_err(|e| e.to_string())
                 .and_then(|p| StreamQuery::try_from(p).map_err(|e| e.to_string()))
         };
         assert_eq!(stream("token=x&after=3").unwrap().after, Some(3));
-        assert!(stream("limit=3").unwrap_err().contains("unknown field"));
+        assert!(
+            stream("limit=3")
+                .unwrap_err()
+                .contains("unknown query parameter `limit`")
+        );
     }
 }

@@ -90,23 +90,52 @@ pub fn host_policy(listen: SocketAddr, allowed_hosts: &[String]) -> HostPolicy {
     }
 }
 
+/// Descriptors kept back from the HTTP connection cap for everything else: the port's
+/// listener and its 64 connections, the sensor, logs, the runtime.
+const FD_RESERVE: u64 = 128;
+
 /// Raises the soft limit on open files to the hard limit, so many HTTP clients and producers
-/// do not run the process out of descriptors (the default soft limit is often 1024 or less).
+/// do not run the process out of descriptors (the default soft limit is often 1024 or less),
+/// and returns the HTTP connection cap that fits in it: `wanted`, or less when the limit is
+/// too low to hold that many connections beside [`FD_RESERVE`] other descriptors. Accepting
+/// until EMFILE would starve the port and `/healthz` alike.
 #[cfg(unix)]
-pub fn raise_file_limit() {
+pub fn raise_file_limit(wanted: usize) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
         },
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return wanted;
+        }
+    };
+    let fits = usize::try_from(soft.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_http_connections = fits,
+            "the open-file limit is low: serving at most {fits} HTTP connections at once \
+             (raise it with `ulimit -n` or LimitNOFILE=)"
+        );
+        return fits;
     }
+    wanted
 }
 
 #[cfg(not(unix))]
-pub fn raise_file_limit() {}
+pub fn raise_file_limit(wanted: usize) -> usize {
+    wanted
+}
 
 #[cfg(test)]
 mod tests {

@@ -65,8 +65,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    access::raise_file_limit();
+fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    args.max_http_connections = access::raise_file_limit(args.max_http_connections);
     let stop = Arc::new(AtomicBool::new(false));
     runtime()?.block_on(serve_until(args, stop, shutdown_signal()))
 }

@@ -63,7 +63,10 @@ fn a_world_readable_token_file_is_refused() {
     std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     refused(
-        &serve(&["--listen", "0.0.0.0:0", "--token-file", file.to_str().unwrap()], &[]),
+        &serve(
+            &["--listen", "0.0.0.0:0", "--token-file", file.to_str().unwrap()],
+            &[],
+        ),
         "lets every user read it",
     );
     // --token and --token-file together are ambiguous.

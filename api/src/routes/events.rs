@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::page::{Page, page};
-use crate::query::{ApiQuery, EventsParams, EventsQuery, parse_decimal};
+use crate::query::{ApiQuery, EventsQuery, QueryParams, parse_decimal};
 use crate::state::AppState;
 
 const NDJSON: &str = "application/x-ndjson";
@@ -75,7 +75,7 @@ fn ndjson_response(page: &Page) -> Response {
 
 pub async fn list(
     State(state): State<AppState>,
-    ApiQuery(params): ApiQuery<EventsParams>,
+    ApiQuery(params): ApiQuery<QueryParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let query = EventsQuery::try_from(params)?;

@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt, stream};
 
 use crate::error::ApiError;
 use crate::follow::{Follower, Item};
-use crate::query::{ApiQuery, StreamParams, StreamQuery, parse_decimal};
+use crate::query::{ApiQuery, QueryParams, StreamQuery, parse_decimal};
 use crate::state::AppState;
 
 /// `Last-Event-ID` (sent by a reconnecting `EventSource`) wins over `?after=`, because the
@@ -57,7 +57,7 @@ fn events(follower: Follower) -> impl Stream<Item = Result<Event, Infallible>> {
 
 pub async fn stream(
     State(state): State<AppState>,
-    ApiQuery(params): ApiQuery<StreamParams>,
+    ApiQuery(params): ApiQuery<QueryParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let query = StreamQuery::try_from(params)?;

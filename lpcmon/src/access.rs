@@ -92,6 +92,7 @@ pub fn host_policy(listen: SocketAddr, allowed_hosts: &[String]) -> HostPolicy {
 
 /// Descriptors kept back from the HTTP connection cap for everything else: the port's
 /// listener and its 64 connections, the sensor, logs, the runtime.
+#[cfg(unix)]
 const FD_RESERVE: u64 = 128;
 
 /// Raises the soft limit on open files to the hard limit, so many HTTP clients and producers

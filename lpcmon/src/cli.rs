@@ -92,8 +92,8 @@ pub struct ServeArgs {
         conflicts_with = "token_file"
     )]
     pub token: Option<String>,
-    /// Read the bearer token from this file (surrounding whitespace ignored). The file must
-    /// not be readable by other users (e.g. mode 0600 or 0640).
+    /// Read the bearer token from this file (surrounding whitespace ignored). On Unix the file
+    /// must not be readable by other users (e.g. mode 0600 or 0640), or lpcmon refuses it.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
     /// Also answer requests whose Host is NAME (e.g. a reverse proxy's name). On a loopback

@@ -75,3 +75,55 @@ fn a_world_readable_token_file_is_refused() {
         "cannot be used with",
     );
 }
+
+/// Finding 3: a token on the command line works but is warned about (anyone can read it in
+/// `ps`); the same token from LPCMON_TOKEN is not.
+#[test]
+fn a_token_on_the_command_line_is_warned_about() {
+    use std::io::{BufRead, BufReader};
+    let started = |args: &[&str], env: Option<&str>| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpcmon"));
+        cmd.args(["serve", "--sensor", "none", "--listen", "127.0.0.1:0", "--port"])
+            .arg(dir.path().join("port/events.sock"))
+            .args(args)
+            .env_remove("LPCMON_TOKEN")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(token) = env {
+            cmd.env("LPCMON_TOKEN", token);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = String::new();
+        // Bounded: the server logs "lpcmon serving" once it listens.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("lpcmon serving") {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(log.contains("lpcmon serving"), "did not start: {log}");
+        log
+    };
+    let token = "0123456789abcdef0123456789abcdef";
+    let log = started(&["--token", token], None);
+    assert!(log.contains("visible to every local user"), "{log}");
+    assert!(!log.contains(token), "the token itself was logged: {log}");
+    let log = started(&[], Some(token));
+    assert!(!log.contains("visible to every local user"), "{log}");
+}

@@ -58,15 +58,25 @@ pub async fn serve(
     let (closing_tx, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
+    // Whether the loop is at the cap: logged once on the way in and once on the way out, not
+    // once per client in a flood.
+    let mut capped = false;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                if std::mem::take(&mut capped) {
+                    tracing::info!(max_connections, "HTTP connections below the limit again");
+                }
+                permit
+            }
             Err(_) => {
-                tracing::warn!(
-                    max_connections,
-                    "HTTP connection limit reached: new clients wait in the listen backlog until \
-                     a connection closes"
-                );
+                if !std::mem::replace(&mut capped, true) {
+                    tracing::warn!(
+                        max_connections,
+                        "HTTP connection limit reached: new clients wait in the listen backlog \
+                         until a connection closes (--max-http-connections)"
+                    );
+                }
                 tokio::select! {
                     permit = permits.clone().acquire_owned() => match permit {
                         Ok(permit) => permit,

@@ -6,6 +6,8 @@ mod stats;
 mod stream;
 
 use axum::Router;
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware;
@@ -16,6 +18,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth;
+use crate::error::ApiError;
 use crate::guard;
 use crate::state::AppState;
 
@@ -56,12 +59,10 @@ fn table() -> Vec<Entry> {
 
 /// A path segment, or the JSON 400 that says why it is not one (e.g. `%FF`, not UTF-8);
 /// axum's own rejection would answer in plain text.
-fn path_param(
-    param: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<String, crate::error::ApiError> {
+fn path_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     param
         .map(|p| p.0)
-        .map_err(|rejection| crate::error::ApiError::bad_request(rejection.body_text()))
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }
 
 /// The routes the service serves, as `(method, path)` with paths in OpenAPI's `{param}` form.

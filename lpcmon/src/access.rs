@@ -19,10 +19,20 @@ pub fn resolve_token(
     token_file: Option<&Path>,
     env: Option<&str>,
 ) -> anyhow::Result<Option<String>> {
+    // clap folds LPCMON_TOKEN into `--token`; a value that is not the environment's came
+    // from the command line.
+    let on_command_line = from_args.is_some_and(|t| env != Some(t));
     let token = match (from_args, token_file) {
-        (_, Some(path)) => Some(read_token_file(path)?),
+        (Some(_), Some(_)) if on_command_line => {
+            bail!("give the token once: --token or --token-file, not both")
+        }
+        (Some(_), Some(path)) => {
+            tracing::info!(path = %path.display(), "using --token-file rather than LPCMON_TOKEN");
+            Some(read_token_file(path)?)
+        }
+        (None, Some(path)) => Some(read_token_file(path)?),
         (Some(token), None) => {
-            if env != Some(token) {
+            if on_command_line {
                 tracing::warn!(
                     "--token on the command line is visible to every local user (ps, \
                      /proc/PID/cmdline); use --token-file or LPCMON_TOKEN instead"
@@ -171,6 +181,13 @@ mod tests {
             resolve_token(None, Some(&path), None).unwrap().as_deref(),
             Some("0123456789abcdef0123")
         );
+        // The file wins over LPCMON_TOKEN; with --token on the command line it is ambiguous.
+        let env = "from-the-environment-0123";
+        assert_eq!(
+            resolve_token(Some(env), Some(&path), Some(env)).unwrap().as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        assert!(resolve_token(Some(env), Some(&path), None).is_err());
         std::fs::write(&path, "\n").unwrap();
         assert!(resolve_token(None, Some(&path), None).is_err());
     }

@@ -85,15 +85,11 @@ pub struct ServeArgs {
     pub retain_bytes: usize,
     /// Require `Authorization: Bearer TOKEN` (or ?token= on the stream). There is no default.
     /// Prefer --token-file or LPCMON_TOKEN: a command line is visible to every local user.
-    #[arg(
-        long,
-        env = "LPCMON_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
+    #[arg(long, env = "LPCMON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Read the bearer token from this file (surrounding whitespace ignored). On Unix the file
     /// must not be readable by other users (e.g. mode 0600 or 0640), or lpcmon refuses it.
+    /// Takes precedence over LPCMON_TOKEN; cannot be combined with --token.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
     /// Also answer requests whose Host is NAME (e.g. a reverse proxy's name). On a loopback

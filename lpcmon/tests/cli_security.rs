@@ -72,7 +72,7 @@ fn a_world_readable_token_file_is_refused() {
     // --token and --token-file together are ambiguous.
     refused(
         &serve(&["--token", "x", "--token-file", file.to_str().unwrap()], &[]),
-        "cannot be used with",
+        "not both",
     );
 }
 

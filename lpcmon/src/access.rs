@@ -184,7 +184,9 @@ mod tests {
         // The file wins over LPCMON_TOKEN; with --token on the command line it is ambiguous.
         let env = "from-the-environment-0123";
         assert_eq!(
-            resolve_token(Some(env), Some(&path), Some(env)).unwrap().as_deref(),
+            resolve_token(Some(env), Some(&path), Some(env))
+                .unwrap()
+                .as_deref(),
             Some("0123456789abcdef0123")
         );
         assert!(resolve_token(Some(env), Some(&path), None).is_err());

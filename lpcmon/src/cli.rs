@@ -70,7 +70,8 @@ pub enum PortApi {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// HTTP listen address. Anything but loopback requires --token.
+    /// HTTP listen address. Anything but loopback requires a token (--token-file, LPCMON_TOKEN
+    /// or --token).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
     /// Port name (Windows, e.g. \LpcMonEventPort) or socket path (Unix). Default:

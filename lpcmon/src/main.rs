@@ -83,8 +83,8 @@ async fn serve_until(
     )?;
     if !args.listen.ip().is_loopback() && token.is_none() {
         bail!(
-            "refusing to listen on {} without --token: anything but loopback needs a bearer token \
-             (there is no default password)",
+            "refusing to listen on {} without a token: anything but loopback needs a bearer token \
+             (--token-file PATH or LPCMON_TOKEN; there is no default password)",
             args.listen
         );
     }

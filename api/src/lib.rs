@@ -19,6 +19,7 @@ mod auth;
 mod config;
 mod error;
 mod follow;
+mod guard;
 mod ingest;
 mod json;
 mod kind;
@@ -33,7 +34,7 @@ mod stats;
 mod store;
 mod timefmt;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, HostPolicy};
 pub use ingest::spawn_ingest;
 pub use routes::{router, routes};
 pub use serve::serve;

@@ -145,7 +145,8 @@ pub enum PortApi {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// HTTP listen address. Anything but loopback requires --token.
+    /// HTTP listen address. Anything but loopback requires a token (--token-file, LPCMON_TOKEN
+    /// or --token).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
     /// Port name (Windows, e.g. \LpcMonEventPort) or socket path (Unix). Default:
@@ -159,8 +160,32 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
     pub retain_bytes: Bytes,
     /// Require `Authorization: Bearer TOKEN` (or ?token= on the stream). There is no default.
+    /// Prefer --token-file or LPCMON_TOKEN: a command line is visible to every local user.
     #[arg(long, env = "LPCMON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file (surrounding whitespace ignored). On Unix the file
+    /// must not be readable by other users (e.g. mode 0600 or 0640), or lpcmon refuses it.
+    /// Takes precedence over LPCMON_TOKEN; cannot be combined with --token.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Also answer requests whose Host is NAME (e.g. a reverse proxy's name). On a loopback
+    /// listener only localhost, 127.0.0.1 and [::1] are answered otherwise (DNS rebinding
+    /// defence); on any other address, giving this restricts Host to loopback names and these.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Most HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 512)]
+    pub max_http_connections: usize,
+    /// How long a client may take to send a request's headers before it is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub header_timeout: Span,
+    /// How long an HTTP connection may stay silent (no byte either way) before it is closed.
+    /// SSE streams send keep-alives, so they are never idle.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub idle_timeout: Span,
+    /// How long a producer has, once connected to the port, to send a valid Hello (Unix).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub handshake_timeout: Span,
     /// The in-process Linux sensor.
     #[arg(long, value_enum, default_value_t = SensorMode::Auto)]
     pub sensor: SensorMode,

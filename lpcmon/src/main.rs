@@ -1,6 +1,7 @@
 //! The `lpcmon` binary: wires the port server, the protocol dispatcher, the optional in-process
 //! sensor and the HTTP service together.
 
+mod access;
 mod cli;
 mod config;
 mod exit;
@@ -116,7 +117,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    args.max_http_connections = access::raise_file_limit(args.max_http_connections);
     let stop = Arc::new(AtomicBool::new(false));
     runtime()?.block_on(serve_until(args, stop, shutdown_signal()))
 }
@@ -126,7 +128,12 @@ async fn serve_until(
     stop: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && args.token.is_none() {
+    let token = access::resolve_token(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        std::env::var("LPCMON_TOKEN").ok().as_deref(),
+    )?;
+    if !args.listen.ip().is_loopback() && token.is_none() {
         return Err(fail(
             Kind::Usage,
             format!(
@@ -134,14 +141,21 @@ async fn serve_until(
                  token (there is no default password)",
                 args.listen
             ),
-            "set LPCMON_TOKEN (or --token), or listen on loopback (--listen 127.0.0.1:7878)",
+            "set --token-file PATH (or LPCMON_TOKEN), or listen on loopback (--listen 127.0.0.1:7878)",
         ));
     }
     let port = args.port.clone().unwrap_or_else(cli::default_port);
+    let idle_timeout = args.idle_timeout.0.max(std::time::Duration::from_secs(1));
     let state = AppState::new(ApiConfig {
         retain: args.retain,
         retain_bytes: args.retain_bytes.as_usize(),
-        token: args.token.clone(),
+        token,
+        hosts: access::host_policy(args.listen, &args.allowed_hosts),
+        max_connections: args.max_http_connections,
+        header_read_timeout: args.header_timeout.0.max(std::time::Duration::from_millis(100)),
+        idle_timeout,
+        // Streams must write more often than the idle timeout, or it would close them.
+        keepalive: ApiConfig::default().keepalive.min(idle_timeout / 3),
         ..ApiConfig::default()
     });
     let (ingest_tx, ingest_rx) = mpsc::channel(args.ingest_capacity.max(1));
@@ -210,6 +224,7 @@ fn start_port(
     ));
     let config = UnixPortConfig {
         max_message: args.max_message.as_usize(),
+        handshake_timeout: args.handshake_timeout.0.max(std::time::Duration::from_millis(100)),
         ..UnixPortConfig::new(port)
     };
     UnixPortServer::start(config, dispatcher)

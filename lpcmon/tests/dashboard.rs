@@ -280,6 +280,8 @@ struct Snapshot {
     held_shown: bool,
     /// Per-kind counts this view received.
     counts: BTreeMap<String, u64>,
+    /// Per-kind counts the server stored, as of the page's last /stats poll.
+    server_counts: BTreeMap<String, u64>,
     alert: Option<Alert>,
     info: Option<String>,
     producers: String,
@@ -309,6 +311,8 @@ return {
   held_shown: !$('held').hidden,
   counts: Object.fromEntries([...document.querySelectorAll('#kinds tbody tr')]
     .map((r) => [r.dataset.kind, num(r.querySelector('.view').textContent)])),
+  server_counts: Object.fromEntries([...document.querySelectorAll('#kinds tbody tr')]
+    .map((r) => [r.dataset.kind, num(r.querySelector('.server').textContent)])),
   alert: alert.hidden ? null : { gaps: num(alert.dataset.gaps), missed: num(alert.dataset.missed), text: alert.textContent },
   info: $('info').hidden ? null : $('info-text').textContent,
   producers: $('producers').textContent,
@@ -409,6 +413,17 @@ async fn dashboard_in_headless_chromium() {
     })
     .await;
     assert!(s.counts["producer.connect"] >= 1, "{:?}", s.counts);
+    // Issue 9, finding 11: an unfiltered view started with the server never counts more of a
+    // kind than the server stored; both columns describe the same /stats poll.
+    for (kind, n) in &s.counts {
+        let server = s.server_counts.get(kind).copied().unwrap_or(0);
+        assert!(
+            *n <= server,
+            "{kind}: view {n} > server {server}: {:?} {:?}",
+            s.counts,
+            s.server_counts
+        );
+    }
     eventually("the producers panel to list the load generator", async || {
         let s = snapshot(c).await;
         (s.producers.contains("loadgen") && s.producers.contains("connected")).then_some(())

@@ -96,6 +96,9 @@ wire_enum! {
         TooManyProducers = 4 => "too_many_producers",
         AlreadyConnected = 5 => "already_connected",
         ShuttingDown = 6 => "shutting_down",
+        /// The peer connected but sent no valid Hello in time. Never sent (the peer said
+        /// nothing); the server counts its refusal under this name.
+        HandshakeTimeout = 7 => "handshake_timeout",
     }
 }
 

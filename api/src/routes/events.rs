@@ -1,13 +1,14 @@
 //! `GET /events` and `GET /events/{id}`: keyset pages and single events from the store.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::json;
 use crate::page::{Page, page};
-use crate::query::EventsQuery;
+use crate::query::{ApiQuery, EventsQuery, QueryParams, parse_decimal};
 use crate::state::AppState;
 
 const NDJSON: &str = "application/x-ndjson";
@@ -49,10 +50,10 @@ fn ndjson_response(page: &Page) -> Response {
 
 pub async fn list(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(params): ApiQuery<QueryParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let query = EventsQuery::parse(raw.as_deref())?;
+    let query = EventsQuery::try_from(params)?;
     let page = page(&state, &query);
     if wants_ndjson(&headers) {
         return Ok(ndjson_response(&page));
@@ -66,10 +67,16 @@ pub async fn list(
         .into_response())
 }
 
-pub async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("an event id is a positive integer, not {id:?}")))?;
+pub async fn one(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = super::path_param(id)?;
+    let id: u64 = parse_decimal(&id).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "an event id is a decimal integer up to 2^64-1, not {id:?}"
+        ))
+    })?;
     let store = state.store();
     let Some(event) = store.get(id) else {
         let held = match (store.oldest_id(), store.newest_id()) {

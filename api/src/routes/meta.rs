@@ -1,6 +1,7 @@
 //! Liveness, the OpenAPI document and the dashboard's static files.
 
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 
@@ -48,8 +49,8 @@ pub async fn index() -> Result<Response, ApiError> {
     lookup("index.html")
 }
 
-pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
-    lookup(&name)
+pub async fn asset(name: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    lookup(&super::path_param(name)?)
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

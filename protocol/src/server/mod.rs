@@ -15,9 +15,11 @@
 //! against it instead of being counted twice.
 
 mod ingest_gate;
+mod peer_text;
 mod reassembly;
 mod sequence;
 mod session;
 
 pub use ingest_gate::{DEFAULT_BACKLOG_LIMIT, GateReport, IngestGate, IngestSink};
+pub use peer_text::escape_peer_text;
 pub use session::{Action, ConnId, Output, ProducerInfo, Server, ServerConfig, TransportInfo};

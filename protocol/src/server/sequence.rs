@@ -62,7 +62,6 @@ impl<T> SequenceTracker<T> {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn next(&self) -> u64 {
         self.next
     }

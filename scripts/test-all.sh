@@ -3,7 +3,8 @@
 #
 # On a fresh Debian 12 machine (as root) it installs what it needs first: Chromium and
 # chromedriver for the dashboard test, mingw-w64 and wine for the Windows smoke test, and the
-# rustup targets for the no_std and Windows checks.
+# rustup targets for the no_std and Windows checks. scripts/check-driver.sh installs what the
+# driver check needs (bindgen, clang, libclang-dev, mingw-w64's DDK headers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,9 @@ cargo check -p lpcmon-protocol --no-default-features --target x86_64-unknown-non
 step "Windows: type-check and clippy (x86_64-pc-windows-msvc)"
 cargo check --workspace --all-targets --target x86_64-pc-windows-msvc
 cargo clippy --workspace --all-targets --target x86_64-pc-windows-msvc -- -D warnings
+
+step "Windows driver: compiled, linted and linked on Linux against mingw-w64's ntoskrnl exports"
+bash scripts/check-driver.sh
 
 step "Windows: mingw build run under wine"
 bash scripts/windows-smoke.sh

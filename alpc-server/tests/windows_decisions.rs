@@ -12,13 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alpc_server::client::{PortError, read_hello_reply};
-use alpc_server::decide::{PeerPolicy, USER_MODE_REFUSED, status};
+use alpc_server::decide::{Outgoing, PeerPolicy, USER_MODE_REFUSED, status};
 use alpc_server::dispatch::Dispatcher;
 use alpc_server::receive_loop::{PortOps, run};
+use lpcmon_nt::NtStatus;
+use lpcmon_nt::alpc::SendKind;
 use lpcmon_protocol::message::{HELLO_MAX_LEN, Heartbeat, VERSION};
 use lpcmon_protocol::server::{Output, ServerConfig};
 use lpcmon_protocol::{Hello, PortMessage, ProducerKind, lpc};
 use tokio::sync::mpsc;
+
+/// `ALPC_MSGFLG_RELEASE_MESSAGE`: what a release must carry.
+const RELEASE: u32 = 0x0001_0000;
+/// `ALPC_MSGFLG_REPLY_MESSAGE | ALPC_MSGFLG_RELEASE_MESSAGE`: what a reply must carry, or the
+/// kernel keeps the request.
+const REPLY: u32 = 0x0001_0001;
 
 /// A port operation the loop performed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,19 +35,25 @@ enum Op {
         context: Option<usize>,
         reply: Vec<u8>,
     },
+    /// A reply: which request it names, its ALPC flags, its data length, and the connection.
     Reply {
         message_id: u32,
+        flags: u32,
+        data_length: u16,
         connection: Option<u32>,
     },
+    /// A release: which message it names, its ALPC flags and its data length.
     Release {
         message_id: u32,
+        flags: u32,
+        data_length: u16,
     },
     Disconnect(u32),
 }
 
 /// One receive result.
 struct Receive {
-    status: u32,
+    status: NtStatus,
     context: usize,
     message: Vec<u8>,
 }
@@ -61,7 +75,7 @@ impl PortOps for ScriptedPort {
         Vec::new()
     }
 
-    fn receive(&mut self, buffer: &mut Vec<u8>, _timeout: Duration) -> (u32, usize) {
+    fn receive(&mut self, buffer: &mut Vec<u8>, _timeout: Duration) -> (NtStatus, usize) {
         match self.script.pop_front() {
             Some(step) => {
                 buffer.clear();
@@ -98,18 +112,23 @@ impl PortOps for ScriptedPort {
         }))
     }
 
-    fn reply(&mut self, request: &PortMessage, connection: Option<&u32>) -> Result<(), PortError> {
+    fn reply(&mut self, reply: &Outgoing, connection: Option<&u32>) -> Result<(), PortError> {
+        assert_eq!(reply.kind, SendKind::Reply);
         self.ops.lock().unwrap().push(Op::Reply {
-            message_id: request.message_id,
+            message_id: reply.header.message_id,
+            flags: reply.flags(),
+            data_length: reply.header.data_length,
             connection: connection.copied(),
         });
         Ok(())
     }
 
-    fn release(&mut self, buffer: &Vec<u8>) -> Result<(), PortError> {
-        let (header, _) = PortMessage::parse(buffer).expect("the released message is intact");
+    fn release(&mut self, release: &Outgoing) -> Result<(), PortError> {
+        assert_eq!(release.kind, SendKind::Release);
         self.ops.lock().unwrap().push(Op::Release {
-            message_id: header.message_id,
+            message_id: release.header.message_id,
+            flags: release.flags(),
+            data_length: release.header.data_length,
         });
         Ok(())
     }
@@ -137,7 +156,7 @@ fn ok(context: usize, message: Vec<u8>) -> Receive {
     }
 }
 
-fn with_status(status: u32) -> Receive {
+fn with_status(status: NtStatus) -> Receive {
     Receive {
         status,
         context: 0,
@@ -253,9 +272,17 @@ fn a_driver_session_is_accepted_served_and_closed() {
     assert_eq!(
         outcome.ops[1..],
         [
-            Op::Release { message_id: 12 },
+            // The kept datagram is released by a header-only message naming it.
+            Op::Release {
+                message_id: 12,
+                flags: RELEASE,
+                data_length: 0
+            },
+            // The request is answered with its MessageId, and released by the same send.
             Op::Reply {
                 message_id: 13,
+                flags: REPLY,
+                data_length: 0,
                 connection: Some(101)
             },
             Op::Disconnect(101),
@@ -391,6 +418,8 @@ fn a_request_from_an_unknown_connection_is_still_replied_to() {
         outcome.ops,
         [Op::Reply {
             message_id: 40,
+            flags: REPLY,
+            data_length: 0,
             connection: None
         }]
     );

@@ -14,7 +14,9 @@
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 
-use lpcmon_protocol::PortMessage;
+use lpcmon_nt::PortMessage;
+use lpcmon_nt::alpc::AlpcPortAttributes;
+use lpcmon_nt::security::SecurityQos;
 use wdk_sys::ntddk::MmGetSystemRoutineAddress;
 use wdk_sys::{BOOLEAN, HANDLE, LARGE_INTEGER, NTSTATUS, OBJECT_ATTRIBUTES, PEPROCESS, UNICODE_STRING};
 
@@ -29,55 +31,11 @@ pub const KEY_READ: u32 = 0x0002_0019;
 pub const OBJ_CASE_INSENSITIVE: u32 = 0x0000_0040;
 pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
 
-/// `ALPC_MSGFLG_SYNC_REQUEST`: the connect waits for the server's answer and returns its
-/// message (our HelloReply) in the connection message buffer.
-pub const ALPC_MSGFLG_SYNC_REQUEST: u32 = 0x0002_0000;
 /// `PsCreateProcessNotifySubsystems`: the Ex2 registration that also reports subsystem
 /// (e.g. WSL pico) processes.
 pub const PS_CREATE_PROCESS_NOTIFY_SUBSYSTEMS: i32 = 0;
 /// `IMAGE_INFO.SystemModeImage`: bit 8 of `Properties`, after the 8-bit ImageAddressingMode.
 pub const IMAGE_INFO_SYSTEM_MODE_IMAGE: u32 = 1 << 8;
-/// `SecurityIdentification`: the server may learn who we are, not act as SYSTEM.
-const SECURITY_IDENTIFICATION: i32 = 1;
-/// `SECURITY_STATIC_TRACKING`.
-const SECURITY_STATIC_TRACKING: u8 = 0;
-
-/// `SECURITY_QUALITY_OF_SERVICE` (winnt.h): 12 bytes.
-#[repr(C)]
-pub struct SecurityQos {
-    pub length: u32,
-    pub impersonation_level: i32,
-    pub context_tracking_mode: u8,
-    pub effective_only: BOOLEAN,
-}
-
-impl SecurityQos {
-    /// What the driver offers a server: identification only, statically captured.
-    pub const fn identification() -> Self {
-        SecurityQos {
-            length: size_of::<SecurityQos>() as u32,
-            impersonation_level: SECURITY_IDENTIFICATION,
-            context_tracking_mode: SECURITY_STATIC_TRACKING,
-            effective_only: FALSE,
-        }
-    }
-}
-
-/// `ALPC_PORT_ATTRIBUTES`, x64: 72 bytes (LPC.md).
-#[repr(C)]
-pub struct AlpcPortAttributes {
-    pub flags: u32,
-    pub security_qos: SecurityQos,
-    pub max_message_length: usize,
-    pub memory_bandwidth: usize,
-    pub max_pool_usage: usize,
-    pub max_section_size: usize,
-    pub max_view_size: usize,
-    pub max_total_section_size: usize,
-    pub dup_object_types: u32,
-    pub reserved: u32,
-}
-
 /// `CLIENT_ID`.
 #[repr(C)]
 pub struct ClientId {
@@ -124,27 +82,8 @@ pub struct OsVersionInfo {
 #[repr(C, align(4))]
 pub struct Uuid(pub [u8; 16]);
 
-/// S-1-5-18, LocalSystem: revision 1, one subauthority, authority NT (5), subauthority 18.
-#[repr(C, align(4))]
-pub struct Sid([u8; 12]);
-
-pub static LOCAL_SYSTEM_SID: Sid = Sid([1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0]);
-
-impl Sid {
-    /// The `PSID` the connect calls take; they only read it.
-    pub fn as_psid(&'static self) -> *mut c_void {
-        core::ptr::from_ref(self).cast_mut().cast()
-    }
-}
-
-// The x64 layouts in LPC.md and the WDK headers, checked at compile time.
+// The x64 layouts of the WDK headers (ntddk.h, wdm.h), checked at compile time.
 const _: () = {
-    assert!(size_of::<SecurityQos>() == 12);
-    assert!(size_of::<AlpcPortAttributes>() == 72);
-    assert!(offset_of!(AlpcPortAttributes, security_qos) == 4);
-    assert!(offset_of!(AlpcPortAttributes, max_message_length) == 16);
-    assert!(offset_of!(AlpcPortAttributes, max_total_section_size) == 56);
-    assert!(offset_of!(AlpcPortAttributes, dup_object_types) == 64);
     assert!(offset_of!(PsCreateNotifyInfo, flags) == 8);
     assert!(offset_of!(PsCreateNotifyInfo, parent_process_id) == 16);
     assert!(offset_of!(PsCreateNotifyInfo, creating_thread_id) == 24);

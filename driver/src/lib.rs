@@ -122,7 +122,7 @@ pub unsafe extern "system" fn driver_entry(
     unsafe { (*driver).DriverUnload = Some(driver_unload) };
     println!(
         "lpcmon: loaded; port {}, queue {} slots, event mask {:#x}, secure connect {}",
-        PortNameDisplay(shared.params.port_name.units()),
+        shared.params.port_name,
         shared.params.queue_capacity,
         shared.params.filter.mask.0,
         shared.params.secure_connect
@@ -149,16 +149,4 @@ unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // to the shared state any more.
     unsafe { Shared::destroy(loaded.shared) };
     println!("lpcmon: unloaded");
-}
-
-/// Shows a port name (ASCII in practice) in a log line without allocating.
-struct PortNameDisplay<'a>(&'a [u16]);
-
-impl core::fmt::Display for PortNameDisplay<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        for c in char::decode_utf16(self.0.iter().copied()) {
-            core::fmt::Write::write_char(f, c.unwrap_or(char::REPLACEMENT_CHARACTER))?;
-        }
-        Ok(())
-    }
 }

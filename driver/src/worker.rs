@@ -29,10 +29,14 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use lpcmon_protocol::kernel_events::{self, MAX_FRAME, STOP_GRACE_NS, frame_message, relative_timeout};
-use lpcmon_protocol::port_message::LPC_MAX_CONNECTION_INFO;
+use lpcmon_nt::alpc::{ALPC_MSGFLG_SYNC_REQUEST, AlpcPortAttributes};
+use lpcmon_nt::port_message::LPC_MAX_CONNECTION_INFO;
+use lpcmon_nt::security::{LOCAL_SYSTEM_SID, SecurityQos};
+use lpcmon_nt::timeout::relative_ns as relative_timeout;
+use lpcmon_nt::{PortMessage, status};
+use lpcmon_protocol::RefuseReason;
+use lpcmon_protocol::kernel_events::{self, MAX_FRAME, STOP_GRACE_NS, frame_message};
 use lpcmon_protocol::producer::{self, ConnectFailure, ProducerIo, Worker};
-use lpcmon_protocol::{PortMessage, RefuseReason};
 use wdk::println;
 use wdk_sys::_KWAIT_REASON::Executive;
 use wdk_sys::_MODE::KernelMode;
@@ -46,9 +50,8 @@ use wdk_sys::{
 };
 
 use crate::ffi::{
-    self, ALPC_MSGFLG_SYNC_REQUEST, AlpcPortAttributes, FALSE, LOCAL_SYSTEM_SID, OBJ_KERNEL_HANDLE,
-    OsVersionInfo, SYNCHRONIZE, SecurityQos, THREAD_ALL_ACCESS, Uuid, ZwAlpcConnectPortFn, object_attributes,
-    unicode,
+    self, FALSE, OBJ_KERNEL_HANDLE, OsVersionInfo, SYNCHRONIZE, THREAD_ALL_ACCESS, Uuid, ZwAlpcConnectPortFn,
+    object_attributes, unicode,
 };
 use crate::shared::{Shared, WorkerBuffers};
 
@@ -255,18 +258,10 @@ impl KernelIo<'_> {
         };
         let mut name = unicode(self.shared.params.port_name.units());
         let mut attributes = object_attributes(ptr::null_mut(), ptr::null_mut(), OBJ_KERNEL_HANDLE);
-        let mut port_attributes = AlpcPortAttributes {
-            flags: 0,
-            security_qos: SecurityQos::identification(),
-            max_message_length: MAX_FRAME,
-            memory_bandwidth: 0,
-            max_pool_usage: 0,
-            max_section_size: 0,
-            max_view_size: 0,
-            max_total_section_size: 0,
-            dup_object_types: 0,
-            reserved: 0,
-        };
+        // MaxPoolUsage 0: the client's own queue holds nothing (it receives only the replies to
+        // its flow-control requests); the bound on what it queues at the server is kept by the
+        // driver itself (docs/windows.md, "Flow control").
+        let mut port_attributes = AlpcPortAttributes::new(0, MAX_FRAME, 0);
         let sid = self.required_server_sid();
         let mut buffer_length: usize = self.frame.len();
         let mut timeout = LARGE_INTEGER {
@@ -403,7 +398,7 @@ impl ProducerIo for KernelIo<'_> {
                 self.disconnect();
                 if failure == ConnectFailure::Refused {
                     let reason = outcome.refusal.map_or("no reason given", RefuseReason::name);
-                    if status == kernel_events::status::SERVER_SID_MISMATCH {
+                    if status == status::SERVER_SID_MISMATCH {
                         println!(
                             "lpcmon: the port's server is not SYSTEM: refusing to connect (name squatting?)"
                         );

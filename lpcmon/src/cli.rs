@@ -140,11 +140,12 @@ pub struct LoadgenArgs {
     pub max_message: usize,
 }
 
-/// The default port: DESIGN §6.
+/// The default port: the driver's and the server's (`lpcmon_nt::DEFAULT_PORT_NAME`) on
+/// Windows.
 pub fn default_port() -> String {
     #[cfg(windows)]
     {
-        r"\LpcMonEventPort".to_owned()
+        alpc_server::decide::DEFAULT_PORT_NAME.to_owned()
     }
     #[cfg(unix)]
     {

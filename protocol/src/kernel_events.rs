@@ -17,6 +17,7 @@ use crate::message::{HelloReply, Message, ProducerKind, RefuseReason};
 use crate::port_message::{LPC_MAX_CONNECTION_INFO, MAX_TOTAL_LENGTH, PORT_MESSAGE_SIZE, PortMessage};
 use crate::producer::{ConnectFailure, EventSlot, WorkerConfig};
 use crate::queue::Queue;
+use lpcmon_nt::{ConnectStatus, NtStatus, PortName};
 
 /// Bytes of one queue slot: the largest encoded event the driver produces.
 pub const EVENT_SLOT_BYTES: usize = 4096;
@@ -306,11 +307,6 @@ pub const VALUE_STRING_CAP: [u16; 9] = ascii_utf16("StringCap");
 /// REG_DWORD: 0 connects without requiring the server to run as SYSTEM.
 pub const VALUE_USE_SECURE_CONNECT: [u16; 16] = ascii_utf16("UseSecureConnect");
 
-/// The longest port name, in UTF-16 code units.
-pub const PORT_NAME_MAX_UNITS: usize = 256;
-/// DESIGN §6: never under `\RPC Control`, which anyone can create objects in.
-pub const DEFAULT_PORT_NAME: &str = r"\LpcMonEventPort";
-
 pub const QUEUE_CAPACITY_DEFAULT: usize = 1024;
 pub const QUEUE_CAPACITY_MIN: usize = 64;
 /// 8192 slots of 4 KiB are 32 MiB of nonpaged pool: the most an administrator may ask for.
@@ -318,97 +314,12 @@ pub const QUEUE_CAPACITY_MAX: usize = 8192;
 const _: () = assert!(QUEUE_CAPACITY_MAX.is_power_of_two() && QUEUE_CAPACITY_MIN.is_power_of_two());
 const _: () = assert!(STRING_CAP_MIN <= STRING_CAP_MAX && EVENT_MIN_LEN <= EVENT_SLOT_BYTES);
 
-/// A port object name, held inline so the worker can keep it after the registry buffer is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortName {
-    units: [u16; PORT_NAME_MAX_UNITS],
-    len: usize,
-}
-
-impl Default for PortName {
-    fn default() -> Self {
-        let mut units = [0u16; PORT_NAME_MAX_UNITS];
-        for (dst, b) in units.iter_mut().zip(DEFAULT_PORT_NAME.bytes()) {
-            *dst = u16::from(b);
-        }
-        PortName {
-            units,
-            len: DEFAULT_PORT_NAME.len(),
-        }
+/// Reads the `PortName` REG_SZ value; the name's rules are `lpcmon_nt::port_name`'s.
+fn port_name(value: RegistryValue<'_>) -> Result<PortName, &'static str> {
+    if value.value_type != reg::SZ {
+        return Err("not a REG_SZ");
     }
-}
-
-impl PortName {
-    /// Validates a name given as UTF-16 code units (trailing NULs of a REG_SZ are ignored).
-    pub fn from_units(units: &[u16]) -> Result<Self, &'static str> {
-        let end = units.iter().rposition(|&u| u != 0).map_or(0, |i| i + 1);
-        let units = &units[..end];
-        if units.is_empty() {
-            return Err("empty");
-        }
-        if units.len() > PORT_NAME_MAX_UNITS {
-            return Err("longer than 256 characters");
-        }
-        if units[0] != u16::from(b'\\') || units.len() < 2 {
-            return Err(r"not an absolute object name (must start with \)");
-        }
-        if units.contains(&0) {
-            return Err("contains a NUL character");
-        }
-        const RPC_CONTROL: &[u8] = br"\rpc control\";
-        let under_rpc_control = units.len() >= RPC_CONTROL.len()
-            && units.iter().zip(RPC_CONTROL).all(|(&u, &b)| {
-                let lower = if (u16::from(b'A')..=u16::from(b'Z')).contains(&u) {
-                    u + 32
-                } else {
-                    u
-                };
-                lower == u16::from(b)
-            });
-        if under_rpc_control {
-            return Err(r"under \RPC Control, where any process can squat a name");
-        }
-        let mut out = [0u16; PORT_NAME_MAX_UNITS];
-        out[..units.len()].copy_from_slice(units);
-        Ok(PortName {
-            units: out,
-            len: units.len(),
-        })
-    }
-
-    /// Reads a REG_SZ value.
-    pub fn from_registry(value: RegistryValue<'_>) -> Result<Self, &'static str> {
-        if value.value_type != reg::SZ {
-            return Err("not a REG_SZ");
-        }
-        if value.data.len() % 2 != 0 {
-            return Err("odd byte length for UTF-16");
-        }
-        let mut units = [0u16; PORT_NAME_MAX_UNITS + 1];
-        let mut n = 0;
-        for pair in value.data.chunks_exact(2) {
-            let unit = u16::from_le_bytes([pair[0], pair[1]]);
-            if n == units.len() {
-                // Only trailing NULs may follow the longest allowed name.
-                if unit != 0 {
-                    return Err("longer than 256 characters");
-                }
-                continue;
-            }
-            units[n] = unit;
-            n += 1;
-        }
-        Self::from_units(&units[..n])
-    }
-
-    pub fn units(&self) -> &[u16] {
-        &self.units[..self.len]
-    }
-
-    /// `UNICODE_STRING.Length`: bytes, without a terminator.
-    pub fn byte_len(&self) -> u16 {
-        (self.len * 2) as u16
-    }
+    PortName::from_reg_sz(value.data).map_err(|e| e.reason())
 }
 
 /// A value read with `ZwQueryValueKey(KeyValuePartialInformation)`.
@@ -517,7 +428,7 @@ impl Parameters {
         let mut params = Parameters::default();
         let mut rejected = Rejections::default();
         if let Some(v) = raw.port_name {
-            match PortName::from_registry(v) {
+            match port_name(v) {
                 Ok(name) => params.port_name = name,
                 Err(why) => rejected.push("PortName", why),
             }
@@ -545,20 +456,6 @@ impl Parameters {
 // The port
 // ---------------------------------------------------------------------------------------------
 
-/// The NTSTATUS values the driver's port decisions look at.
-pub mod status {
-    pub const SUCCESS: i32 = 0;
-    /// A success code: `NT_SUCCESS(STATUS_TIMEOUT)` is true, so it must be tested by value.
-    pub const TIMEOUT: i32 = 0x0000_0102;
-    pub const BUFFER_OVERFLOW: i32 = 0x8000_0005_u32 as i32;
-    pub const ACCESS_DENIED: i32 = 0xC000_0022_u32 as i32;
-    pub const BUFFER_TOO_SMALL: i32 = 0xC000_0023_u32 as i32;
-    pub const OBJECT_NAME_NOT_FOUND: i32 = 0xC000_0034_u32 as i32;
-    pub const PORT_DISCONNECTED: i32 = 0xC000_0037_u32 as i32;
-    pub const PORT_CONNECTION_REFUSED: i32 = 0xC000_0041_u32 as i32;
-    pub const SERVER_SID_MISMATCH: i32 = 0xC000_02A0_u32 as i32;
-}
-
 /// What a connect call's result means for the worker and for the handle it may have returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOutcome {
@@ -566,34 +463,31 @@ pub struct ConnectOutcome {
     pub result: Result<usize, ConnectFailure>,
     /// Whether to keep the port handle. When false, any handle the call returned is closed.
     pub keep_port: bool,
-    /// The server's reason, when it refused and its reply survived.
+    /// The server's reason, when it answered a successful connect with a refusal (a refused
+    /// connect returns no reply to read).
     pub refusal: Option<RefuseReason>,
 }
 
 /// Decides a connect: `status` of `ZwAlpcConnectPort` / `Zw(Secure)ConnectPort`, `reply` the
 /// connection information that came back (the server's HelloReply), and `port_max_total` the
 /// `MaxMessageLength` (header included) the call reported, if it reports one.
-pub fn connect_outcome(status: i32, reply: &[u8], port_max_total: Option<usize>) -> ConnectOutcome {
-    let reply = match Message::decode(reply, LPC_MAX_CONNECTION_INFO) {
-        Ok(Message::HelloReply(r)) => Some(r),
-        _ => None,
-    };
-    let refusal = match reply {
-        Some(HelloReply::Refuse { reason, .. }) => Some(reason),
-        _ => None,
-    };
-    let fail = |failure| ConnectOutcome {
+///
+/// What the status means is [`ConnectStatus::of`]'s decision, shared with the user-mode
+/// clients. The reply is read only on success: on a refusal the kernel copies no connection
+/// information back, so the buffer still holds the driver's own Hello.
+pub fn connect_outcome(status: NtStatus, reply: &[u8], port_max_total: Option<usize>) -> ConnectOutcome {
+    let fail = |failure, refusal| ConnectOutcome {
         result: Err(failure),
         keep_port: false,
         refusal,
     };
-    match status {
-        status::SUCCESS => match reply {
-            Some(HelloReply::Accept { max_message, .. }) => {
+    match ConnectStatus::of(status) {
+        ConnectStatus::Connected => match Message::decode(reply, LPC_MAX_CONNECTION_INFO) {
+            Ok(Message::HelloReply(HelloReply::Accept { max_message, .. })) => {
                 let port_limit = port_max_total.map_or(usize::MAX, |t| t.saturating_sub(PORT_MESSAGE_SIZE));
                 let limit = (max_message as usize).min(port_limit).min(MAX_MESSAGE);
                 if limit < MIN_MESSAGE_LIMIT {
-                    return fail(ConnectFailure::Unavailable);
+                    return fail(ConnectFailure::Unavailable, None);
                 }
                 ConnectOutcome {
                     result: Ok(limit),
@@ -601,15 +495,17 @@ pub fn connect_outcome(status: i32, reply: &[u8], port_max_total: Option<usize>)
                     refusal: None,
                 }
             }
-            Some(HelloReply::Refuse { .. }) => fail(ConnectFailure::Refused),
+            Ok(Message::HelloReply(HelloReply::Refuse { reason, .. })) => {
+                fail(ConnectFailure::Refused, Some(reason))
+            }
             // Connected to something that does not speak lpcmon: leave it.
-            None => fail(ConnectFailure::Unavailable),
+            _ => fail(ConnectFailure::Unavailable, None),
         },
-        status::PORT_CONNECTION_REFUSED | status::SERVER_SID_MISMATCH | status::ACCESS_DENIED => {
-            fail(ConnectFailure::Refused)
-        }
+        ConnectStatus::Refused => fail(ConnectFailure::Refused, None),
         // Absent server, timeout, and every transient error: back off and retry.
-        _ => fail(ConnectFailure::Unavailable),
+        ConnectStatus::TimedOut | ConnectStatus::NotFound | ConnectStatus::Unavailable => {
+            fail(ConnectFailure::Unavailable, None)
+        }
     }
 }
 
@@ -639,18 +535,12 @@ pub fn frame_data(frame: &[u8]) -> &[u8] {
     }
 }
 
-/// A relative kernel timeout (negative, in 100 ns units) for `duration_ns`, rounded up so a
-/// wait never ends early. At least one unit: 0 would mean "do not wait".
-pub fn relative_timeout(duration_ns: u64) -> i64 {
-    let units = duration_ns.div_ceil(100).clamp(1, i64::MAX as u64);
-    -(units as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::Event;
     use crate::queue::Slot;
+    use lpcmon_nt::status;
     use std::vec::Vec;
 
     fn utf16(s: &str) -> Vec<u16> {
@@ -937,7 +827,7 @@ mod tests {
         }
         let odd = [b'\\', 0, b'a'];
         assert!(
-            PortName::from_registry(RegistryValue {
+            port_name(RegistryValue {
                 value_type: reg::SZ,
                 data: &odd
             })
@@ -946,7 +836,7 @@ mod tests {
         // A name of exactly 256 characters, with its terminator, is fine.
         let longest = reg_sz(&std::format!(r"\{}", "y".repeat(255)));
         assert_eq!(
-            PortName::from_registry(RegistryValue {
+            port_name(RegistryValue {
                 value_type: reg::SZ,
                 data: &longest
             })
@@ -1026,15 +916,22 @@ mod tests {
         }
         .encode(&mut buf)
         .unwrap();
-        for st in [status::SUCCESS, status::PORT_CONNECTION_REFUSED] {
-            let refused = connect_outcome(st, &buf[..n], None);
-            assert_eq!(refused.result, Err(ConnectFailure::Refused));
-            assert_eq!(refused.refusal, Some(RefuseReason::AlreadyConnected));
-            assert!(!refused.keep_port);
+        let refused = connect_outcome(status::SUCCESS, &buf[..n], None);
+        assert_eq!(refused.result, Err(ConnectFailure::Refused));
+        assert_eq!(refused.refusal, Some(RefuseReason::AlreadyConnected));
+        assert!(!refused.keep_port);
+        // A refused connect returns no connection information: the buffer still holds what the
+        // driver sent, which must not be read as an answer, even when it decodes as one.
+        for leftover in [&buf[..n], &accept(4096)[..], &buf[..20]] {
+            let o = connect_outcome(status::PORT_CONNECTION_REFUSED, leftover, None);
+            assert_eq!(
+                (o.result, o.refusal, o.keep_port),
+                (Err(ConnectFailure::Refused), None, false)
+            );
         }
-        // A reply cut short by the kernel (it copies back no more than the Hello's length).
-        let cut = connect_outcome(status::PORT_CONNECTION_REFUSED, &buf[..20], None);
-        assert_eq!((cut.result, cut.refusal), (Err(ConnectFailure::Refused), None));
+        // The port's security descriptor refusing this account is a refusal too (lpcmon_nt::connect).
+        let denied = connect_outcome(status::ACCESS_DENIED, &accept(4096), None);
+        assert_eq!(denied.result, Err(ConnectFailure::Refused));
         let squatter = connect_outcome(status::SERVER_SID_MISMATCH, &[], None);
         assert_eq!(squatter.result, Err(ConnectFailure::Refused));
         let garbage = connect_outcome(status::SUCCESS, b"not lpcmon", None);
@@ -1066,14 +963,6 @@ mod tests {
         assert_eq!(frame_message(&[0; 608], 648, &mut out), Some(648));
         assert!(frame_message(&[0; MAX_MESSAGE + 1], usize::MAX, &mut out).is_none());
         assert!(frame_data(&out[..10]).is_empty());
-    }
-
-    #[test]
-    fn timeouts_are_relative_and_never_zero() {
-        assert_eq!(relative_timeout(2_000_000_000), -20_000_000);
-        assert_eq!(relative_timeout(101), -2);
-        assert_eq!(relative_timeout(0), -1);
-        assert_eq!(relative_timeout(u64::MAX), -(u64::MAX.div_ceil(100) as i64));
     }
 
     #[test]

@@ -23,10 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use lpcmon_nt::status;
 use lpcmon_protocol::event::{Event, EventKind, patch_seq};
 use lpcmon_protocol::kernel_events::{
     self, EventFilter, EventMask, ImageLoad, KernelEvent, KernelSlot, MAX_FRAME, Parameters, ProcessExit,
-    ProcessStart, RawParameters, Recorded, RegistryValue, STOP_GRACE_NS, ThreadChange, reg, status,
+    ProcessStart, RawParameters, Recorded, RegistryValue, STOP_GRACE_NS, ThreadChange, reg,
 };
 use lpcmon_protocol::message::{LossStage, Message, ProducerKind};
 use lpcmon_protocol::port_message::{LPC_LEGACY_MAX_DATA, LPC_LEGACY_MAX_MESSAGE, PortMessage, lpc};
@@ -223,9 +224,12 @@ impl SimPort<'_> {
         self.conn = Some(self.next_conn);
         let (st, reply) = match self.deliver(lpc::CONNECTION_REQUEST, hello) {
             Action::Accept { reply } => (status::SUCCESS, reply),
-            Action::Refuse { reply } => {
+            Action::Refuse { .. } => {
                 self.conn = None;
-                (status::PORT_CONNECTION_REFUSED, reply)
+                // A refused connect copies no connection information back (ReactOS
+                // connect.c, AlpcpReceiveLegacyConnectionReply): the caller's buffer still
+                // holds its own Hello.
+                return (status::PORT_CONNECTION_REFUSED, hello.to_vec());
             }
             other => panic!("connection request answered with {other:?}"),
         };

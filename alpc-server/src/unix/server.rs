@@ -26,8 +26,8 @@ use nix::sys::socket::{self, Backlog, MsgFlags, SockFlag, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
 use super::{io_err, seqpacket_socket, timeval};
-use crate::client::PortError;
 use crate::dispatch::Dispatcher;
+use crate::error::PortError;
 
 /// How often blocked threads look at the stop flag and the dispatcher's timers run.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);

@@ -24,10 +24,10 @@ use std::thread::JoinHandle;
 
 use tracing::info;
 
-use crate::client::PortError;
 pub use crate::decide::{DEFAULT_PORT_NAME, PortApi};
 use crate::decide::{PeerPolicy, validate_port_name};
 use crate::dispatch::Dispatcher;
+use crate::error::PortError;
 use crate::receive_loop;
 
 /// How to run the port server.

@@ -12,8 +12,8 @@ use windows_sys::Win32::Security::Authorization::{
 };
 use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 
-use crate::client::PortError;
 use crate::decide::port_sddl;
+use crate::error::PortError;
 
 /// A self-relative security descriptor allocated by `ConvertStringSecurityDescriptorToSecurityDescriptorW`.
 #[derive(Debug)]

@@ -23,8 +23,8 @@
 //! - send: `ZwRequestPort` posts a datagram and does not wait for the server. Only without it
 //!   does the driver fall back to `ZwRequestWaitReplyPort`, which waits for the server's reply
 //!   with no timeout; the same server-lifetime bound applies.
-//! - wait: `KeWaitForMultipleObjects` on the queue signal and the stop event, with a timeout,
-//!   capped at the stop deadline once a stop is seen.
+//! - wait: `KeWaitForMultipleObjects` on the queue signal and the stop event, until the time
+//!   the protocol worker names (`producer::Step::Wait`), which it caps at the stop deadline.
 
 use core::ffi::c_void;
 use core::ptr;
@@ -189,8 +189,7 @@ unsafe extern "C" fn worker_main(context: PVOID) {
         connection_info,
         port: ptr::null_mut(),
         max_total: 0,
-        stop_deadline: None,
-        last_now: 0,
+        stop_seen: false,
         last_error: STATUS_SUCCESS,
     };
     let config = kernel_events::worker_config(instance_id(), os_build());
@@ -221,9 +220,10 @@ struct KernelIo<'a> {
     port: HANDLE,
     /// The port's `MaxMessageLength` (header included).
     max_total: usize,
-    /// Once a stop is seen: when the worker must be done. Waits never pass it.
-    stop_deadline: Option<u64>,
-    last_now: u64,
+    /// Whether the worker has been told about the stop: from then on the stop event, which
+    /// stays set, is left out of waits. The deadline itself is the worker's to keep
+    /// (`producer::Wake::StopDeadline`).
+    stop_seen: bool,
     /// The last failure logged, so a server that stays down is logged once, not every retry.
     last_error: NTSTATUS,
 }
@@ -365,8 +365,7 @@ impl KernelIo<'_> {
 
 impl ProducerIo for KernelIo<'_> {
     fn now(&mut self) -> u64 {
-        self.last_now = ffi::interrupt_time_ns();
-        self.last_now
+        ffi::interrupt_time_ns()
     }
 
     fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure> {
@@ -442,8 +441,8 @@ impl ProducerIo for KernelIo<'_> {
         false
     }
 
+    /// Waits as the worker said (`until` already stops at a stop's deadline).
     fn wait(&mut self, until: u64) {
-        let until = self.stop_deadline.map_or(until, |deadline| until.min(deadline));
         let now = ffi::interrupt_time_ns();
         if until <= now {
             return;
@@ -451,7 +450,7 @@ impl ProducerIo for KernelIo<'_> {
         let mut timeout = LARGE_INTEGER {
             QuadPart: relative_timeout(until - now),
         };
-        if self.stop_deadline.is_some() {
+        if self.stop_seen {
             // The stop event stays set once seen; waiting on it again would spin.
             // SAFETY: PASSIVE_LEVEL; the event is nonpaged and outlives this thread.
             let _ = unsafe {
@@ -485,10 +484,7 @@ impl ProducerIo for KernelIo<'_> {
 
     fn stop_requested(&mut self) -> bool {
         let stop = self.shared.stop_requested();
-        if stop && self.stop_deadline.is_none() {
-            // `run` passes the `now` it just read, and STOP_GRACE_NS, to `Worker::stop`.
-            self.stop_deadline = Some(self.last_now.saturating_add(STOP_GRACE_NS));
-        }
+        self.stop_seen |= stop;
         stop
     }
 }

@@ -252,10 +252,9 @@ struct SimIo<'k> {
     port: SimPort<'k>,
     /// The port's message limit, once connected: `MaxMessageLength`, header included.
     max_total: usize,
-    /// The deadline of a stop the worker has already been told about: waits never pass it
-    /// (the worker would otherwise sleep a whole backoff past it).
-    stop_deadline: Option<u64>,
-    last_now: u64,
+    /// Whether the worker has been told about the stop: from then on the stop event, which
+    /// stays set, no longer wakes a wait. The deadline itself is the worker's to keep.
+    stop_seen: bool,
     /// Turns of the worker loop, to bound it: a worker that never stops fails the test.
     turns: u64,
 }
@@ -267,8 +266,7 @@ impl ProducerIo for SimIo<'_> {
     fn now(&mut self) -> u64 {
         self.turns += 1;
         assert!(self.turns < MAX_TURNS, "the worker loop did not end");
-        self.last_now = self.kernel.now();
-        self.last_now
+        self.kernel.now()
     }
 
     fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure> {
@@ -325,7 +323,6 @@ impl ProducerIo for SimIo<'_> {
     }
 
     fn wait(&mut self, until: u64) {
-        let until = self.stop_deadline.map_or(until, |d| until.min(d));
         let now = self.kernel.now();
         if until <= now {
             return;
@@ -334,7 +331,7 @@ impl ProducerIo for SimIo<'_> {
         let mut signalled = self.kernel.signalled.lock().unwrap();
         // KeWaitForMultipleObjects: the queue signal, plus the stop event until the worker
         // has seen the stop (after that it stays set and would wake every wait at once).
-        let stop_wakes = self.stop_deadline.is_none() && self.kernel.stop.load(Ordering::SeqCst);
+        let stop_wakes = !self.stop_seen && self.kernel.stop.load(Ordering::SeqCst);
         if !*signalled && !stop_wakes {
             let real = Duration::from_nanos((until - now).div_ceil(SPEEDUP)).min(Duration::from_micros(300));
             signalled = self.kernel.wake.wait_timeout(signalled, real).unwrap().0;
@@ -352,10 +349,7 @@ impl ProducerIo for SimIo<'_> {
 
     fn stop_requested(&mut self) -> bool {
         let stop = self.kernel.stop.load(Ordering::SeqCst);
-        if stop && self.stop_deadline.is_none() {
-            // `run` calls `Worker::stop(now, STOP_GRACE_NS)` with the `now` just read.
-            self.stop_deadline = Some(self.last_now + STOP_GRACE_NS);
-        }
+        self.stop_seen |= stop;
         stop
     }
 }
@@ -572,8 +566,7 @@ fn run_scenario(s: &Scenario) -> Outcome {
                     breaks: 0,
                 },
                 max_total: 0,
-                stop_deadline: None,
-                last_now: 0,
+                stop_seen: false,
                 turns: 0,
             };
             let config =
@@ -758,8 +751,7 @@ fn stop_while_hung(api: Api) -> (u64, Duration, WorkerStats, u64) {
                     breaks: 0,
                 },
                 max_total: 0,
-                stop_deadline: None,
-                last_now: 0,
+                stop_seen: false,
                 turns: 0,
             };
             let config = kernel_events::worker_config([9; 16], 26100);

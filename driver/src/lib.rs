@@ -1,4 +1,4 @@
-//! lpcmon-driver: lpcmon's Windows kernel producer (DESIGN.md §1, §7).
+//! lpcmon-driver: lpcmon's Windows kernel producer (docs/design.md, docs/windows.md).
 //!
 //! A thin shell over `lpcmon_protocol`. Kernel callbacks for process creation and exit, thread
 //! creation and exit, and image loads copy what the kernel tells them into a preallocated,
@@ -26,7 +26,9 @@ use core::cell::UnsafeCell;
 use wdk::println;
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
-use wdk_sys::{DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, PETHREAD, STATUS_SUCCESS};
+use wdk_sys::{
+    DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, PETHREAD, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
+};
 
 mod callbacks;
 mod ffi;
@@ -77,12 +79,13 @@ pub unsafe extern "system" fn driver_entry(
             r.value, r.reason
         );
     }
-    let routines = ffi::Routines::resolve();
-    if routines.alpc_connect_port.is_none() {
-        println!(
-            "lpcmon: ZwAlpcConnectPort not exported; connecting with ZwConnectPort, which has no timeout"
-        );
-    }
+    let routines = match ffi::Routines::resolve() {
+        Ok(routines) => routines,
+        Err(missing) => {
+            println!("lpcmon: {missing} is not exported by this kernel; not loading");
+            return STATUS_NOT_SUPPORTED;
+        }
+    };
     let shared = match Shared::create(params, routines) {
         Ok(shared) => shared,
         Err(status) => return status,
@@ -130,7 +133,7 @@ pub unsafe extern "system" fn driver_entry(
     STATUS_SUCCESS
 }
 
-/// DriverUnload, in DESIGN §7 order: unregister the callbacks, stop and join the worker (which
+/// DriverUnload, in the order docs/windows.md ("Unload") gives: unregister the callbacks, stop and join the worker (which
 /// closes its port as it exits), free the queue. PASSIVE_LEVEL, System thread.
 unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // SAFETY: DriverUnload runs once, after DriverEntry succeeded; nothing else uses LOADED.

@@ -17,7 +17,8 @@ use crate::message::{HelloReply, Message, ProducerKind, RefuseReason};
 use crate::port_message::{LPC_MAX_CONNECTION_INFO, MAX_TOTAL_LENGTH, PORT_MESSAGE_SIZE, PortMessage};
 use crate::producer::{ConnectFailure, EventSlot, WorkerConfig};
 use crate::queue::Queue;
-use lpcmon_nt::{ConnectStatus, NtStatus, PortName};
+use lpcmon_nt::alpc::SendKind;
+use lpcmon_nt::{ConnectStatus, NtStatus, PortName, status};
 
 /// Bytes of one queue slot: the largest encoded event the driver produces.
 pub const EVENT_SLOT_BYTES: usize = 4096;
@@ -509,6 +510,81 @@ pub fn connect_outcome(status: NtStatus, reply: &[u8], port_max_total: Option<us
     }
 }
 
+/// Messages the driver may have queued at the server before it asks the server to prove it is
+/// keeping up. The kernel does not appear to enforce `MaxPoolUsage` on queued datagrams, so
+/// without this a stalled server would let the driver's datagrams grow kernel pool without
+/// bound (docs/windows.md, "Flow control"). 64 messages of at most 4 KiB: 256 KiB per
+/// connection at worst.
+pub const FLOW_WINDOW: u32 = 64;
+/// How long the flow-control request waits for the server's reply.
+pub const FLOW_PROBE_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// The driver's flow control: every [`FLOW_WINDOW`]-th message goes as a synchronous request
+/// with a timeout instead of a datagram. The server replies to a request only after it has
+/// received everything queued before it, so a reply proves the queue drained. A request that
+/// times out leaves it queued (the server gets it when it catches up), but the connection is
+/// then *stalled*: nothing more is queued on it; the next send fails without a kernel call, the
+/// worker counts it as `producer_send` loss and reconnects, and a connect cannot succeed until
+/// the server receives again. So at most one window of messages per connection sits in the
+/// kernel. The driver (`driver/src/worker.rs`) and its simulation (`protocol/tests/driver_sim.rs`)
+/// both run this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowControl {
+    window: u32,
+    since_probe: u32,
+    stalled: bool,
+}
+
+impl FlowControl {
+    /// Flow control with a probe every `window` messages (at least 1).
+    pub const fn new(window: u32) -> Self {
+        FlowControl {
+            window: if window == 0 { 1 } else { window },
+            since_probe: 0,
+            stalled: false,
+        }
+    }
+
+    /// A new connection starts with nothing queued.
+    pub fn reset(&mut self) {
+        self.since_probe = 0;
+        self.stalled = false;
+    }
+
+    /// How to send the next message, or `None` when the server has not answered the last
+    /// probe: the message must not be queued (the caller reports the send as failed).
+    pub fn next_send(&mut self) -> Option<SendKind> {
+        if self.stalled {
+            return None;
+        }
+        self.since_probe += 1;
+        if self.since_probe >= self.window {
+            self.since_probe = 0;
+            Some(SendKind::Request)
+        } else {
+            Some(SendKind::Datagram)
+        }
+    }
+
+    /// Reads the status of a send of `kind`; returns whether the message counts as sent.
+    pub fn on_sent(&mut self, kind: SendKind, result: NtStatus) -> bool {
+        match (kind, result) {
+            // A request that timed out is queued; the server will receive it. It is the
+            // connection that is no longer trusted with more.
+            (SendKind::Request, status::TIMEOUT) => {
+                self.stalled = true;
+                true
+            }
+            (_, st) => status::is_success(st),
+        }
+    }
+
+    /// Whether the server has left a probe unanswered on this connection.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+}
+
 /// Writes `data` behind a `PORT_MESSAGE` header, laid out as a kernel-mode sender passes it:
 /// `Type` 0 (the kernel makes it a datagram, a request or a connection request),
 /// `DataInfoOffset` 0, lengths filled in, the rest zero. Returns the frame's length, or `None`
@@ -963,6 +1039,33 @@ mod tests {
         assert_eq!(frame_message(&[0; 608], 648, &mut out), Some(648));
         assert!(frame_message(&[0; MAX_MESSAGE + 1], usize::MAX, &mut out).is_none());
         assert!(frame_data(&out[..10]).is_empty());
+    }
+
+    #[test]
+    fn flow_control_probes_every_window_and_stops_queueing_when_unanswered() {
+        let mut flow = FlowControl::new(4);
+        let kinds: Vec<_> = (0..8).map(|_| flow.next_send().unwrap()).collect();
+        use SendKind::{Datagram, Request};
+        assert_eq!(
+            kinds,
+            [
+                Datagram, Datagram, Datagram, Request, Datagram, Datagram, Datagram, Request
+            ]
+        );
+        assert!(flow.on_sent(Datagram, status::SUCCESS));
+        assert!(flow.on_sent(Request, status::SUCCESS));
+        assert!(!flow.on_sent(Datagram, status::PORT_DISCONNECTED));
+        // An unanswered probe: the probe is queued (sent), nothing more is.
+        assert!(flow.on_sent(Request, status::TIMEOUT));
+        assert!(flow.is_stalled());
+        assert_eq!(flow.next_send(), None);
+        flow.reset();
+        assert_eq!(flow.next_send(), Some(Datagram));
+        assert_eq!(
+            FlowControl::new(0).next_send(),
+            Some(Request),
+            "a window of 0 is 1"
+        );
     }
 
     #[test]

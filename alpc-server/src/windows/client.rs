@@ -36,9 +36,10 @@ pub enum ClientApi {
     /// `NtAlpcConnectPort`, with a connect timeout.
     #[default]
     Alpc,
-    /// `NtConnectPort`: what the driver uses when configured for it. No timeout.
+    /// `NtConnectPort`: legacy LPC, for comparing it with ALPC. No timeout.
     Lpc,
-    /// `NtSecureConnectPort`: the driver's default. No timeout.
+    /// `NtSecureConnectPort`: legacy LPC that refuses a server not running as LocalSystem.
+    /// No timeout.
     SecureLpc,
 }
 

@@ -1,7 +1,7 @@
 //! The system worker thread: `producer::run` with the kernel's port calls as its I/O.
 //!
 //! It runs in the System process (`PsCreateSystemThread` with a NULL process handle), so the
-//! server sees `ClientId.UniqueProcess == 4` (DESIGN §3 invariant 4) and the port handle lives
+//! server sees `ClientId.UniqueProcess == 4` (docs/design.md; docs/windows.md, "Security") and the port handle lives
 //! in the System handle table, never in whichever process a callback interrupted.
 //!
 //! # Bounding a stop
@@ -194,7 +194,7 @@ unsafe extern "C" fn worker_main(context: PVOID) {
     let now = io.now();
     let mut worker = Worker::new(config, event, now);
     let stats = producer::run(&mut worker, &shared.queue, &mut io, message, STOP_GRACE_NS);
-    // DESIGN §7, "close the port": done here, by the handle's owner, before the thread exits
+    // docs/windows.md, "Unload": the port is closed here, by the handle's owner, before the thread exits
     // and so before DriverUnload's join returns.
     io.disconnect();
     println!(

@@ -1,4 +1,4 @@
-//! The `lpcmon` command line (DESIGN §6).
+//! The `lpcmon` command line (docs/design.md).
 
 use std::net::SocketAddr;
 #[cfg(unix)]

@@ -6,7 +6,7 @@
 //! `ClientId.UniqueProcess` is the peer pid from `SO_PEERCRED` and `MessageId` a per-port
 //! counter. So the protocol session cannot tell the platforms apart.
 //!
-//! Security (DESIGN invariant 4): the socket is mode 0600 in a 0700 directory owned by the
+//! Security (docs/design.md, invariants): the socket is mode 0600 in a 0700 directory owned by the
 //! server's user, and a peer whose `SO_PEERCRED` uid is neither ours nor root is refused.
 
 use std::fs;

@@ -1,4 +1,4 @@
-//! The Windows port server and clients (DESIGN.md §7).
+//! The Windows port server and clients (docs/windows.md).
 //!
 //! - [`WindowsPortServer`]: creates `\LpcMonEventPort` (ALPC by default, legacy LPC on
 //!   request), secured for SYSTEM, and runs its receive loop on a thread of its own, feeding

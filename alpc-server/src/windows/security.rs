@@ -1,4 +1,4 @@
-//! The port's security descriptor, built from SDDL (DESIGN.md §3.4).
+//! The port's security descriptor, built from SDDL (docs/windows.md, "Security").
 //!
 //! SYSTEM only (`D:P(A;;GA;;;SY)`), plus the built-in Administrators when the user-mode load
 //! generator must connect. The DACL is protected so nothing is inherited into it. Kernel-mode

@@ -24,12 +24,13 @@ use crate::decide::{
 use crate::dispatch::Dispatcher;
 use crate::error::PortError;
 
-/// The dispatcher wants `tick` at least every 200 ms. Each receive waits only until the next
-/// tick is due, so ticks keep this interval whether messages arrive back to back or not at all,
-/// and a stop is noticed within it.
-const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest a receive waits, so a stop is noticed within it: a thread blocked in the kernel
+/// cannot be woken by the stop flag. Timers do not depend on it: each receive waits only until
+/// the dispatcher's next deadline ([`Dispatcher::poll_timeout`]).
+const STOP_CHECK: Duration = Duration::from_millis(250);
 
-/// The shortest receive wait, so a late tick never turns the receive into a busy poll.
+/// The shortest receive wait, so a deadline just passed never turns the receive into a busy
+/// poll.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// Pause after a transient receive failure (out of memory or quota), so a starved system is
@@ -89,17 +90,20 @@ pub fn run<P: PortOps>(
         connections: ConnectionTable::default(),
         policy,
     };
-    let mut last_tick = Instant::now();
     let mut retries = 0u32;
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        if last_tick.elapsed() >= TICK_INTERVAL {
+        // The protocol's timers run when they are due, as the dispatcher says, not on a tick.
+        let mut deadline = receiver.dispatcher.poll_timeout();
+        if deadline.is_some_and(|due| due <= Instant::now()) {
             receiver.dispatcher.tick();
-            last_tick = Instant::now();
+            deadline = receiver.dispatcher.poll_timeout();
         }
-        let wait = TICK_INTERVAL.saturating_sub(last_tick.elapsed()).max(MIN_WAIT);
+        let wait = deadline
+            .map_or(STOP_CHECK, |due| due.saturating_duration_since(Instant::now()))
+            .clamp(MIN_WAIT, STOP_CHECK);
         let (code, context) = receiver.port.receive(&mut buffer, wait);
         match on_receive_status(code, retries) {
             LoopStep::Dispatch => {

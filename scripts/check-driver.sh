@@ -25,7 +25,8 @@ work=$root/target/driver-check
 target=x86_64-pc-windows-gnu
 
 step() { printf '\n==> driver: %s\n' "$*"; }
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/prerequisites.sh
+. scripts/prerequisites.sh
 
 step "prerequisites"
 missing=()
@@ -35,14 +36,7 @@ have clang || missing+=(clang)
 [ -e /usr/share/mingw-w64/include/ddk/ntddk.h ] || missing+=(mingw-w64-x86-64-dev)
 have x86_64-w64-mingw32-gcc || missing+=(gcc-mingw-w64-x86-64)
 have x86_64-w64-mingw32-dlltool || missing+=(binutils-mingw-w64-x86-64)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
-        exit 2
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 rustup target add "$target" >/dev/null
 
 step "stand-in WDK crates in $work/crates"

@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/prerequisites.sh
+. scripts/prerequisites.sh
 
 step "prerequisites"
 missing=()
@@ -17,14 +18,7 @@ have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
 have x86_64-w64-mingw32-gcc || missing+=(gcc-mingw-w64-x86-64)
 have wine || missing+=(wine wine64)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
-        exit 2
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 # rust-toolchain.toml pins the toolchain and lists these targets; this makes sure they are there.
 rustup target add x86_64-unknown-none x86_64-pc-windows-msvc x86_64-pc-windows-gnu >/dev/null
 

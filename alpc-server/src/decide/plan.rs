@@ -4,7 +4,7 @@
 use lpcmon_nt::alpc::SendKind;
 use lpcmon_nt::port_message::{LPC_MAX_CONNECTION_INFO, PORT_MESSAGE_SIZE};
 use lpcmon_nt::{NtStatus, status};
-use lpcmon_protocol::message::{HELLO_REPLY_MAX_LEN, MIN_VERSION, VERSION};
+use lpcmon_protocol::message::{MIN_VERSION, VERSION};
 use lpcmon_protocol::server::Action;
 use lpcmon_protocol::{HelloReply, PortMessage, RefuseReason, lpc};
 
@@ -123,27 +123,17 @@ pub fn after_dispatch(plan: &MessagePlan, header: &PortMessage, action: Option<A
     }
 }
 
-/// An encoded HelloReply refusing a producer, for refusals the transport makes itself.
+/// An encoded HelloReply refusing a producer, for refusals the transport makes itself (the
+/// Windows receive loop's and the Unix server's). The text is cut to what the wire carries
+/// (`HelloReply::to_vec`).
 pub fn refusal_reply(reason: RefuseReason, text: &str) -> Vec<u8> {
-    let mut reply = vec![0u8; HELLO_REPLY_MAX_LEN];
-    let len = HelloReply::Refuse {
+    HelloReply::Refuse {
         reason,
         min_version: MIN_VERSION,
         max_version: VERSION,
-        text: truncate_utf8(text, lpcmon_protocol::message::REPLY_TEXT_MAX),
+        text,
     }
-    .encode(&mut reply)
-    .unwrap_or(0);
-    reply.truncate(len);
-    reply
-}
-
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    .to_vec()
 }
 
 /// The header the kernel would deliver if this connection's peer had closed its port: used to

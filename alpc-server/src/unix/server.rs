@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lpcmon_protocol::message::{HelloReply, MIN_VERSION, VERSION};
 use lpcmon_protocol::server::{Action, ConnId};
 use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
 use nix::sys::socket::{self, Backlog, MsgFlags, SockFlag, UnixAddr, sockopt};
@@ -282,13 +281,7 @@ fn peer_pid(conn: &OwnedFd) -> u64 {
 fn answer_refusal(conn: &OwnedFd, reason: RefuseReason, text: &str) {
     let mut hello = [0u8; 256];
     let _ = socket::recv(conn.as_raw_fd(), &mut hello, MsgFlags::MSG_TRUNC);
-    let reply = HelloReply::Refuse {
-        reason,
-        min_version: MIN_VERSION,
-        max_version: VERSION,
-        text,
-    };
-    let _ = send_all(conn, &reply.to_vec());
+    let _ = send_all(conn, &crate::decide::refusal_reply(reason, text));
 }
 
 fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {

@@ -491,3 +491,113 @@ fn a_malformed_hello_is_refused_by_the_protocol() {
         })
     ));
 }
+
+/// Each message type as the kernel delivers it, with and without `LPC_CONTINUATION_REQUIRED`,
+/// and what the loop sends back for it: which message each send names, its flags and its
+/// length. A request is answered (the reply also releases it); every other kept message is
+/// released by a header-only message; nothing else is sent.
+#[test]
+fn each_message_type_gets_exactly_the_sends_it_needs_with_their_flags() {
+    let kernel = lpc::KERNELMODE_MESSAGE;
+    let kept = lpc::CONTINUATION_REQUIRED;
+    let connect = u16::from(lpc::CONNECTION_REQUEST) | kernel;
+    let outcome = run_script(
+        vec![
+            ok(
+                0,
+                message(connect, 4, 0x98, 10, &hello(ProducerKind::WindowsDriver, 1)),
+            ),
+            // A request the kernel kept: the reply names it and releases it; no second send.
+            ok(
+                1,
+                message(u16::from(lpc::REQUEST) | kernel | kept, 4, 0x98, 20, &heartbeat()),
+            ),
+            // A datagram not kept: nothing to send.
+            ok(
+                1,
+                message(u16::from(lpc::DATAGRAM) | kernel, 4, 0x98, 21, &heartbeat()),
+            ),
+            // A datagram kept: released, by MessageId, with no data.
+            ok(
+                1,
+                message(
+                    u16::from(lpc::DATAGRAM) | kernel | kept,
+                    4,
+                    0x98,
+                    22,
+                    &heartbeat(),
+                ),
+            ),
+            // The peer is gone and the kernel kept the notice: released, then our end closed.
+            ok(1, message(u16::from(lpc::CLIENT_DIED) | kept, 4, 0x98, 23, &[])),
+        ],
+        DRIVER_ONLY,
+        false,
+    );
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert!(matches!(outcome.ops[0], Op::Answer { context: Some(1), .. }));
+    assert_eq!(
+        outcome.ops[1..],
+        [
+            Op::Reply {
+                message_id: 20,
+                flags: REPLY,
+                data_length: 0,
+                connection: Some(101)
+            },
+            Op::Release {
+                message_id: 22,
+                flags: RELEASE,
+                data_length: 0
+            },
+            Op::Release {
+                message_id: 23,
+                flags: RELEASE,
+                data_length: 0
+            },
+            Op::Disconnect(101),
+        ]
+    );
+}
+
+/// Types a server never expects from a producer (a reply, an exception, a type the kernel does
+/// not define): each is counted by the dispatcher, and the loop only releases what the kernel
+/// kept and closes what the dispatcher gives up on.
+#[test]
+fn unexpected_types_are_released_when_kept_and_never_answered() {
+    let kept = lpc::CONTINUATION_REQUIRED;
+    let connect = u16::from(lpc::CONNECTION_REQUEST) | lpc::KERNELMODE_MESSAGE;
+    let outcome = run_script(
+        vec![
+            ok(
+                0,
+                message(connect, 4, 0x98, 10, &hello(ProducerKind::WindowsDriver, 1)),
+            ),
+            ok(1, message(u16::from(lpc::REPLY) | kept, 4, 0x98, 30, &[])),
+            ok(1, message(u16::from(lpc::EXCEPTION), 4, 0x98, 31, &[])),
+            ok(1, message(0x00FF | kept, 4, 0x98, 32, &[])),
+        ],
+        DRIVER_ONLY,
+        false,
+    );
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    // No reply: only requests are answered.
+    assert!(
+        !outcome.ops.iter().any(|op| matches!(op, Op::Reply { .. })),
+        "{:?}",
+        outcome.ops
+    );
+    let released: Vec<_> = outcome
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Release {
+                message_id,
+                flags,
+                data_length,
+            } => Some((*message_id, *flags, *data_length)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, [(30, RELEASE, 0), (32, RELEASE, 0)]);
+}

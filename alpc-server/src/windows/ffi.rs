@@ -29,7 +29,7 @@ use std::ffi::c_void;
 use std::mem::{offset_of, size_of};
 use std::sync::OnceLock;
 
-pub use lpcmon_nt::NtStatus;
+use lpcmon_nt::NtStatus;
 use lpcmon_nt::PortName;
 use lpcmon_nt::alpc::{
     ALPC_MESSAGE_CONTEXT_ATTRIBUTE, AlpcContextAttr, AlpcMessageAttributes, AlpcPortAttributes,

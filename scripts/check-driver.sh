@@ -52,7 +52,7 @@ types='BOOLEAN|DRIVER_OBJECT|HANDLE|KEVENT|KPROCESSOR_MODE|LARGE_INTEGER|NTSTATU
 bindgen "$root/scripts/driver-check/ntddk.h" \
     --use-core --ctypes-prefix core::ffi --default-enum-style moduleconsts \
     --no-layout-tests --no-doc-comments \
-    --allowlist-function "$functions" --allowlist-type "$types" \
+    --allowlist-function "^($functions)\$" --allowlist-type "^($types)\$" \
     -o "$work/crates/wdk-sys/src/bindings.rs" \
     -- --target=x86_64-w64-mingw32 -I"$inc/ddk" -I"$inc" -D_AMD64_ \
     -Wno-pragma-pack -Wno-incompatible-library-redeclaration 2>"$work/bindgen.log" \
@@ -61,7 +61,9 @@ bindgen "$root/scripts/driver-check/ntddk.h" \
 # evaluate; render them as wdk-sys does, NTSTATUS constants.
 sed -nE 's/^#define (STATUS_[A-Z0-9_]+) +\(\(NTSTATUS\)(0x[0-9A-Fa-f]+)L?\).*/pub const \1: NTSTATUS = \2_u32 as NTSTATUS;/p' \
     "$inc/ntstatus.h" | sort -u -t: -k1,1 > "$work/crates/wdk-sys/src/status.rs"
-echo "$(grep -c 'pub fn' "$work/crates/wdk-sys/src/bindings.rs") routines, $(wc -l < "$work/crates/wdk-sys/src/status.rs") status codes"
+routines=$(awk '/^extern "C" \{/ {on=1; next} on && /^\}/ {on=0} on && /pub fn/ {n++} END {print n+0}' \
+    "$work/crates/wdk-sys/src/bindings.rs")
+echo "$routines routines, $(wc -l < "$work/crates/wdk-sys/src/status.rs") status codes"
 
 step "import library for exports mingw-w64's libntoskrnl.a lacks"
 x86_64-w64-mingw32-dlltool --input-def scripts/driver-check/extra-imports.def \

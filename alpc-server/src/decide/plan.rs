@@ -62,7 +62,10 @@ pub fn on_message(header: &PortMessage, policy: PeerPolicy) -> MessagePlan {
 pub enum ConnectAnswer {
     /// Accept, returning this encoded HelloReply in the connection information.
     Accept(Vec<u8>),
-    /// Refuse, returning this encoded HelloReply in the connection information.
+    /// Refuse, with this encoded HelloReply as the answer's connection information. On Windows
+    /// the kernel copies no connection information back to a refused client
+    /// (docs/windows.md, "Connecting"), so only the server's log and counters keep the reason;
+    /// it is passed anyway, as the accept call's message.
     Refuse(Vec<u8>),
 }
 

@@ -6,11 +6,14 @@
 # rustup targets for the no_std and Windows checks, schemathesis (pip, into .venv-ci/) and
 # @redocly/cli (npm, into .ci-tools/) for the HTTP contract. Node.js 20.19+ must be on PATH
 # (Debian 12's own nodejs is 18, too old for @redocly/cli 2; use NodeSource's node_20.x).
+# scripts/check-driver.sh installs what the driver check needs (bindgen, clang, libclang-dev,
+# mingw-w64's DDK headers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/prerequisites.sh
+. scripts/prerequisites.sh
 
 step "prerequisites"
 missing=()
@@ -21,14 +24,7 @@ have wine || missing+=(wine wine64)
 have curl || missing+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 have npm || missing+=(nodejs npm)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
-        exit 2
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 # rust-toolchain.toml pins the toolchain and lists these targets; this makes sure they are there.
 rustup target add x86_64-unknown-none x86_64-pc-windows-msvc x86_64-pc-windows-gnu >/dev/null
 # The HTTP contract's tools, pinned, kept out of git (see .gitignore).
@@ -73,6 +69,9 @@ cargo check -p lpcmon-protocol --no-default-features --target x86_64-unknown-non
 step "Windows: type-check and clippy (x86_64-pc-windows-msvc)"
 cargo check --workspace --all-targets --target x86_64-pc-windows-msvc
 cargo clippy --workspace --all-targets --target x86_64-pc-windows-msvc -- -D warnings
+
+step "Windows driver: compiled, linted and linked on Linux against mingw-w64's ntoskrnl exports"
+bash scripts/check-driver.sh
 
 step "Windows: mingw build run under wine"
 bash scripts/windows-smoke.sh

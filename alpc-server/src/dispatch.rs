@@ -54,6 +54,9 @@ impl IngestSink for &ChannelSink {
     }
 }
 
+/// How soon [`Dispatcher::tick`] retries outputs waiting for room in the ingest channel.
+pub const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Dispatcher {
     pub fn new(config: ServerConfig, ingest: IngestSender) -> Self {
         Dispatcher {
@@ -120,8 +123,22 @@ impl Dispatcher {
         self.forward(&mut inner, &mut outputs);
     }
 
-    /// Runs the protocol's timers and retries the backlog. Backends call it at least every
-    /// 200 ms.
+    /// When [`Self::tick`] next has work to do: the protocol's next timer
+    /// (`Server::poll_timeout`), or [`BACKLOG_RETRY`] from now while outputs wait for room in
+    /// the ingest channel. `None`: nothing is pending, wait for messages.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let inner = self.lock();
+        let timer = inner
+            .server
+            .poll_timeout()
+            .map(|ns| self.origin + std::time::Duration::from_nanos(ns));
+        let waiting = !inner.gate.is_idle();
+        let retry = waiting.then(|| Instant::now() + BACKLOG_RETRY);
+        timer.into_iter().chain(retry).min()
+    }
+
+    /// Runs the protocol's timers and retries the backlog. Backends call it when
+    /// [`Self::poll_timeout`] says it is due (or more often: an early tick does nothing).
     pub fn tick(&self) {
         let now = self.now();
         let mut inner = self.lock();

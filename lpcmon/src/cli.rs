@@ -1,4 +1,4 @@
-//! The `lpcmon` command line (`docs/design.md`, "Command line").
+//! The `lpcmon` command line (docs/design.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -302,11 +302,12 @@ pub struct TailArgs {
     pub count: Option<u64>,
 }
 
-/// The default port (`docs/design.md`, "Command line").
+/// The default port: the driver's and the server's (`lpcmon_nt::DEFAULT_PORT_NAME`) on
+/// Windows.
 pub fn default_port() -> String {
     #[cfg(windows)]
     {
-        r"\LpcMonEventPort".to_owned()
+        alpc_server::decide::DEFAULT_PORT_NAME.to_owned()
     }
     #[cfg(unix)]
     {

@@ -6,7 +6,7 @@
 //! `ClientId.UniqueProcess` is the peer pid from `SO_PEERCRED` and `MessageId` a per-port
 //! counter. So the protocol session cannot tell the platforms apart.
 //!
-//! Security (DESIGN invariant 4): the socket is mode 0600 in a 0700 directory owned by the
+//! Security (docs/design.md, invariants): the socket is mode 0600 in a 0700 directory owned by the
 //! server's user, and a peer whose `SO_PEERCRED` uid is neither ours nor root is refused.
 
 use std::fs;
@@ -19,15 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lpcmon_protocol::message::{HelloReply, MIN_VERSION, VERSION};
 use lpcmon_protocol::server::{Action, ConnId};
 use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
 use nix::sys::socket::{self, Backlog, MsgFlags, SockFlag, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
 use super::{io_err, seqpacket_socket, timeval};
-use crate::client::PortError;
 use crate::dispatch::Dispatcher;
+use crate::error::PortError;
 
 /// How often blocked threads look at the stop flag and the dispatcher's timers run.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -323,13 +322,7 @@ fn peer_pid(conn: &OwnedFd) -> u64 {
 fn answer_refusal(conn: &OwnedFd, reason: RefuseReason, text: &str) {
     let mut hello = [0u8; 256];
     let _ = socket::recv(conn.as_raw_fd(), &mut hello, MsgFlags::MSG_TRUNC);
-    let reply = HelloReply::Refuse {
-        reason,
-        min_version: MIN_VERSION,
-        max_version: VERSION,
-        text,
-    };
-    let _ = send_all(conn, &reply.to_vec());
+    let _ = send_all(conn, &crate::decide::refusal_reply(reason, text));
 }
 
 fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {

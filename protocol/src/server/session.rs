@@ -560,6 +560,20 @@ impl Server {
         out.push(Output::Disconnected { producer, reason });
     }
 
+    /// When [`Self::poll`] next has work to do: the earliest reassembly expiry or sequence-gap
+    /// timeout, or `None` when no timer is running. The shell sleeps until then (or until a
+    /// message arrives) instead of ticking on a fixed interval, as quinn-proto's
+    /// `poll_timeout` / `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let reassembly = self.sessions.values().filter_map(|s| s.reassembly.next_expiry());
+        let gaps = self
+            .instances
+            .values()
+            .filter(|i| i.live)
+            .filter_map(|i| i.tracker.gap_deadline(self.config.gap_timeout_ns));
+        reassembly.chain(gaps).min()
+    }
+
     /// Runs the timers: reassembly expiry and sequence gaps that waited too long.
     pub fn poll(&mut self, now: u64, out: &mut Vec<Output>) {
         let reorder_max = self.config.reorder_max;

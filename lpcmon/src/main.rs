@@ -224,7 +224,10 @@ fn start_port(
     ));
     let config = UnixPortConfig {
         max_message: args.max_message.as_usize(),
-        handshake_timeout: args.handshake_timeout.0.max(std::time::Duration::from_millis(100)),
+        handshake_timeout: args
+            .handshake_timeout
+            .0
+            .max(std::time::Duration::from_millis(100)),
         ..UnixPortConfig::new(port)
     };
     UnixPortServer::start(config, dispatcher)

@@ -200,7 +200,7 @@ impl Ingest {
             pid: record.pid,
             producer: producer.clone(),
             search: record.search.into(),
-            json: record.json.into(),
+            json: record.json,
         });
         self.state.store_mut().push(event.clone());
         self.next_id += 1;

@@ -2,13 +2,19 @@
 # Every test and check lpcmon has, in one command: the README's test command, and what CI runs.
 #
 # On a fresh Debian 12 machine (as root) it installs what it needs first: Chromium and
-# chromedriver for the dashboard test, mingw-w64 and wine for the Windows smoke test, and the
-# rustup targets for the no_std and Windows checks.
+# chromedriver for the dashboard test, mingw-w64 and wine for the Windows smoke test, the
+# rustup targets for the no_std and Windows checks, schemathesis (pip, into .venv-ci/) and
+# @redocly/cli (npm, into .ci-tools/) for the HTTP contract. Node.js 20.19+ must be on PATH
+# (Debian 12's own nodejs is 18, too old for @redocly/cli 2; use NodeSource's node_20.x).
+# scripts/check-driver.sh installs what the driver check needs (bindgen, clang, libclang-dev,
+# mingw-w64's DDK headers).
+# curl and python3 run the examples' tests (examples/curl.sh, examples/follow.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/prerequisites.sh
+. scripts/prerequisites.sh
 
 step "prerequisites"
 missing=()
@@ -16,19 +22,27 @@ have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
 have x86_64-w64-mingw32-gcc || missing+=(gcc-mingw-w64-x86-64)
 have wine || missing+=(wine wine64)
+# The examples' tests run examples/curl.sh and examples/follow.py (standard library only).
+have curl || missing+=(curl)
+have python3 || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+have npm || missing+=(nodejs npm)
 have systemd-analyze || missing+=(systemd)
 have dpkg-deb || missing+=(dpkg)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
-        exit 2
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 # rust-toolchain.toml pins the toolchain and lists these targets; this makes sure they are there.
 rustup target add x86_64-unknown-none x86_64-pc-windows-msvc x86_64-pc-windows-gnu >/dev/null
-# Builds the .deb below. Compiling it takes a few minutes the first time.
+# The HTTP contract's tools, pinned, kept out of git (see .gitignore).
+SCHEMATHESIS_VERSION=4.32.5
+REDOCLY_VERSION=2.11.1
+if ! .venv-ci/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    python3 -m venv .venv-ci
+    .venv-ci/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+if ! .ci-tools/node_modules/.bin/redocly --version 2>/dev/null | grep -qx "$REDOCLY_VERSION"; then
+    npm install --silent --no-audit --no-fund --prefix .ci-tools "@redocly/cli@$REDOCLY_VERSION" >/dev/null
+fi
+# Builds the .deb at the end. Compiling it takes a few minutes the first time.
 have cargo-deb || cargo install cargo-deb --locked --quiet
 
 step "format"
@@ -39,6 +53,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests (Linux: protocol, simulation, sensor on the real proc connector, port, HTTP, browser)"
 cargo test --workspace
+
+step "HTTP contract: redocly lint (recommended rules; no errors, no warnings)"
+lint=$(.ci-tools/node_modules/.bin/redocly lint openapi.yaml --format stylish 2>&1) || { echo "$lint"; exit 1; }
+echo "$lint" | tail -3
+if echo "$lint" | grep -qE '(warning|error) '; then
+    echo "$lint"
+    echo "redocly lint reported warnings" >&2
+    exit 1
+fi
+
+step "HTTP contract: schemathesis against a real lpcmon serve (no token; token+header; token, no header)"
+cargo build -p lpcmon --quiet
+bash scripts/schemathesis.sh target/debug/lpcmon
 
 step "loom: the producer queue's interleavings"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p lpcmon-protocol --release --test loom_queue
@@ -54,6 +81,9 @@ mkdir -p "$no_sqlite"
 without_sqlite=(env LIBSQLITE3_SYS_USE_PKG_CONFIG=1 SQLITE3_LIB_DIR="$no_sqlite" SQLITE3_INCLUDE_DIR="$no_sqlite")
 "${without_sqlite[@]}" cargo check --workspace --all-targets --target x86_64-pc-windows-msvc
 "${without_sqlite[@]}" cargo clippy --workspace --all-targets --target x86_64-pc-windows-msvc -- -D warnings
+
+step "Windows driver: compiled, linted and linked on Linux against mingw-w64's ntoskrnl exports"
+bash scripts/check-driver.sh
 
 step "Windows: mingw build run under wine"
 bash scripts/windows-smoke.sh

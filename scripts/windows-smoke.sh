@@ -103,7 +103,7 @@ run --help
 if [ "$status" -eq 0 ]; then verdict ok "starts under wine"; else verdict no "starts under wine"; fi
 
 echo "windows-smoke: $bin.exe serve"
-run serve
+run serve --store memory
 # The first ALPC function serve needs is AlpcMaxAllowedMessageLength (to size the port), then
 # NtAlpcCreatePort; wine lacks both, and the error must name the one it hit.
 if failed_cleanly && grep -qE 'ntdll!(Nt)?Alpc[A-Za-z]+' <<<"$output" && grep -q 'STATUS_PROCEDURE_NOT_FOUND' <<<"$output"; then
@@ -113,7 +113,7 @@ else
 fi
 
 echo "windows-smoke: $bin.exe serve --port-api lpc"
-run serve --port-api lpc
+run serve --store memory --port-api lpc
 if failed_cleanly && grep -q 'NtCreatePort' <<<"$output" && grep -q 'STATUS_NOT_IMPLEMENTED' <<<"$output"; then
     verdict ok "legacy LPC serve reports STATUS_NOT_IMPLEMENTED and exits non-zero"
 else

@@ -1,20 +1,22 @@
 //! The dispatcher: where every port backend hands its messages, and where the protocol's
 //! outputs enter the bounded ingest channel.
 //!
-//! Backends call [`Dispatcher::handle`] from their receive threads. The protocol [`Server`] sits
-//! behind one mutex, so its decisions stay deterministic and ordered; the critical section is a
-//! decode and a `try_send`, never a wait. When the ingest channel is full an event is dropped and
-//! counted as `server_ingest` loss for its producer, and that loss is delivered as soon as there
-//! is room again, ahead of the producer's later events. Control outputs (connects, disconnects,
-//! losses, refusals) are never dropped: they wait in a small backlog.
+//! Backends call [`Dispatcher::handle`] from their receive threads. The protocol [`Server`] and
+//! its [`IngestGate`] sit behind one mutex, so their decisions stay deterministic and ordered;
+//! the critical section is a decode and a `try_send`, never a wait. What a full channel means
+//! (dropped events counted as `server_ingest` loss, control outputs held in a backlog) is the
+//! gate's decision, made and tested in `lpcmon-protocol`; this file only owns the channel, the
+//! clock and the logs.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use lpcmon_protocol::server::{Action, ConnId, Output, ProducerInfo, RestoredInstance, Server, ServerConfig};
-use lpcmon_protocol::{Loss, LossStage, PortMessage, RefuseReason};
+use lpcmon_protocol::PortMessage;
+use lpcmon_protocol::RefuseReason;
+use lpcmon_protocol::server::{
+    Action, ConnId, IngestGate, IngestSink, Output, RestoredInstance, Server, ServerConfig,
+};
 use tokio::sync::mpsc;
 
 /// The sending half of the ingest channel.
@@ -31,45 +33,41 @@ pub struct PortCounters {
     pub ingest_dropped: AtomicU64,
 }
 
-/// Server-ingest loss not yet delivered, for one producer instance.
-struct PendingLoss {
-    producer: Arc<ProducerInfo>,
-    count: u64,
-    first_seq: u64,
-    last_seq: u64,
-}
-
 struct Inner {
     server: Server,
-    backlog: VecDeque<Output>,
-    ingest_loss: BTreeMap<[u8; 16], PendingLoss>,
-    ingest_loss_total: u64,
+    gate: IngestGate,
     scratch: Vec<Output>,
 }
 
 pub struct Dispatcher {
     inner: Mutex<Inner>,
-    ingest: IngestSender,
+    ingest: ChannelSink,
     origin: Instant,
     next_conn: AtomicU64,
     counters: Arc<PortCounters>,
 }
 
-/// Control outputs held while the channel is full. Past this, connect/disconnect notices are
-/// dropped (they carry no events) and logged; losses are always merged, never dropped.
-const BACKLOG_LIMIT: usize = 4096;
+/// The tokio channel as the gate's sink.
+struct ChannelSink(IngestSender);
+
+impl IngestSink for &ChannelSink {
+    fn try_send(&mut self, output: Output) -> Result<(), Output> {
+        self.0.try_send(output).map_err(|e| e.into_inner())
+    }
+}
+
+/// How soon [`Dispatcher::tick`] retries outputs waiting for room in the ingest channel.
+pub const BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Dispatcher {
     pub fn new(config: ServerConfig, ingest: IngestSender) -> Self {
         Dispatcher {
             inner: Mutex::new(Inner {
                 server: Server::new(config),
-                backlog: VecDeque::new(),
-                ingest_loss: BTreeMap::new(),
-                ingest_loss_total: 0,
+                gate: IngestGate::default(),
                 scratch: Vec::new(),
             }),
-            ingest,
+            ingest: ChannelSink(ingest),
             origin: Instant::now(),
             next_conn: AtomicU64::new(1),
             counters: Arc::new(PortCounters::default()),
@@ -137,8 +135,22 @@ impl Dispatcher {
         self.forward(&mut inner, &mut outputs);
     }
 
-    /// Runs the protocol's timers and retries the backlog. Backends call it at least every
-    /// 200 ms.
+    /// When [`Self::tick`] next has work to do: the protocol's next timer
+    /// (`Server::poll_timeout`), or [`BACKLOG_RETRY`] from now while outputs wait for room in
+    /// the ingest channel. `None`: nothing is pending, wait for messages.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let inner = self.lock();
+        let timer = inner
+            .server
+            .poll_timeout()
+            .map(|ns| self.origin + std::time::Duration::from_nanos(ns));
+        let waiting = !inner.gate.is_idle();
+        let retry = waiting.then(|| Instant::now() + BACKLOG_RETRY);
+        timer.into_iter().chain(retry).min()
+    }
+
+    /// Runs the protocol's timers and retries the backlog. Backends call it when
+    /// [`Self::poll_timeout`] says it is due (or more often: an early tick does nothing).
     pub fn tick(&self) {
         let now = self.now();
         let mut inner = self.lock();
@@ -149,111 +161,14 @@ impl Dispatcher {
     }
 
     fn forward(&self, inner: &mut Inner, outputs: &mut Vec<Output>) {
-        self.flush(inner);
-        for output in outputs.drain(..) {
-            match output {
-                Output::Event {
-                    producer,
-                    event,
-                    transport,
-                } => {
-                    let blocked =
-                        !inner.backlog.is_empty() || inner.ingest_loss.contains_key(&producer.instance);
-                    let seq = event.header.seq;
-                    let rejected = if blocked {
-                        Some(producer)
-                    } else {
-                        match self.ingest.try_send(Output::Event {
-                            producer,
-                            event,
-                            transport,
-                        }) {
-                            Ok(()) => None,
-                            Err(e) => match e.into_inner() {
-                                Output::Event { producer, .. } => Some(producer),
-                                _ => None,
-                            },
-                        }
-                    };
-                    if let Some(producer) = rejected {
-                        self.counters.ingest_dropped.fetch_add(1, Ordering::Relaxed);
-                        inner.ingest_loss_total += 1;
-                        inner
-                            .ingest_loss
-                            .entry(producer.instance)
-                            .and_modify(|p| {
-                                p.count += 1;
-                                p.last_seq = seq;
-                            })
-                            .or_insert(PendingLoss {
-                                producer,
-                                count: 1,
-                                first_seq: seq,
-                                last_seq: seq,
-                            });
-                    }
-                }
-                other => {
-                    if !inner.backlog.is_empty() {
-                        push_backlog(&mut inner.backlog, other);
-                    } else if let Err(e) = self.ingest.try_send(other) {
-                        push_backlog(&mut inner.backlog, e.into_inner());
-                    }
-                }
-            }
+        let report = inner.gate.forward(outputs, &mut &self.ingest);
+        if report.events_dropped > 0 {
+            self.counters
+                .ingest_dropped
+                .fetch_add(report.events_dropped, Ordering::Relaxed);
+        }
+        for notice in report.notices_dropped {
+            tracing::warn!(?notice, "ingest backlog full; dropping a control notice");
         }
     }
-
-    /// Delivers held control outputs and pending ingest losses while the channel has room.
-    fn flush(&self, inner: &mut Inner) {
-        while let Some(output) = inner.backlog.pop_front() {
-            if let Err(e) = self.ingest.try_send(output) {
-                inner.backlog.push_front(e.into_inner());
-                return;
-            }
-        }
-        while let Some((&instance, pending)) = inner.ingest_loss.iter().next() {
-            let loss = Output::Loss {
-                producer: pending.producer.clone(),
-                loss: Loss {
-                    stage: LossStage::ServerIngest,
-                    count: pending.count,
-                    first_seq: pending.first_seq,
-                    last_seq: pending.last_seq,
-                    total: pending.count,
-                },
-            };
-            if self.ingest.try_send(loss).is_err() {
-                return;
-            }
-            inner.ingest_loss.remove(&instance);
-        }
-    }
-}
-
-fn push_backlog(backlog: &mut VecDeque<Output>, output: Output) {
-    if backlog.len() >= BACKLOG_LIMIT {
-        // Merge a loss into one already waiting for the same producer and stage, so loss counts
-        // survive any backlog; a connect/disconnect notice past the limit is dropped and logged.
-        if let Output::Loss { producer, loss } = &output {
-            let same = backlog.iter_mut().find_map(|o| match o {
-                Output::Loss { producer: p, loss: l }
-                    if p.instance == producer.instance && l.stage == loss.stage =>
-                {
-                    Some(l)
-                }
-                _ => None,
-            });
-            if let Some(l) = same {
-                l.count += loss.count;
-                l.first_seq = l.first_seq.min(loss.first_seq);
-                l.last_seq = l.last_seq.max(loss.last_seq);
-                return;
-            }
-        } else {
-            tracing::warn!(?output, "ingest backlog full; dropping a control notice");
-            return;
-        }
-    }
-    backlog.push_back(output);
 }

@@ -11,24 +11,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use lpcmon_nt::NtStatus;
 use lpcmon_protocol::PortMessage;
 use lpcmon_protocol::RefuseReason;
 use lpcmon_protocol::server::ConnId;
 use tracing::{debug, info, warn};
 
-use crate::client::PortError;
 use crate::decide::{
-    AfterDispatch, ConnectAnswer, Connection, ConnectionTable, LoopStep, MessagePlan, PeerPolicy,
+    AfterDispatch, ConnectAnswer, Connection, ConnectionTable, LoopStep, MessagePlan, Outgoing, PeerPolicy,
     after_dispatch, nt_error, on_message, on_receive_status, status_name, synthetic_close,
 };
 use crate::dispatch::Dispatcher;
+use crate::error::PortError;
 
-/// The dispatcher wants `tick` at least every 200 ms. Each receive waits only until the next
-/// tick is due, so ticks keep this interval whether messages arrive back to back or not at all,
-/// and a stop is noticed within it.
-const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest a receive waits, so a stop is noticed within it: a thread blocked in the kernel
+/// cannot be woken by the stop flag. Timers do not depend on it: each receive waits only until
+/// the dispatcher's next deadline ([`Dispatcher::poll_timeout`]).
+const STOP_CHECK: Duration = Duration::from_millis(250);
 
-/// The shortest receive wait, so a late tick never turns the receive into a busy poll.
+/// The shortest receive wait, so a deadline just passed never turns the receive into a busy
+/// poll.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// Pause after a transient receive failure (out of memory or quota), so a starved system is
@@ -50,7 +52,7 @@ pub trait PortOps {
 
     /// Waits up to `timeout` for a message. Returns the NTSTATUS and the PortContext of the
     /// connection it came from (0 for the connection port itself).
-    fn receive(&mut self, buffer: &mut Self::Buffer, timeout: Duration) -> (u32, usize);
+    fn receive(&mut self, buffer: &mut Self::Buffer, timeout: Duration) -> (NtStatus, usize);
 
     /// Answers a connection request with `reply` as its connection information. `accept` is
     /// the PortContext to give an accepted connection, or `None` to refuse. Returns our end of
@@ -62,11 +64,12 @@ pub trait PortOps {
         accept: Option<NonZeroUsize>,
     ) -> Result<Option<Self::Handle>, PortError>;
 
-    /// Replies to a request. `connection` is our end of the sender's connection, if known.
-    fn reply(&mut self, request: &PortMessage, connection: Option<&Self::Handle>) -> Result<(), PortError>;
+    /// Sends the reply to a request (`reply.kind` is `SendKind::Reply`). `connection` is our
+    /// end of the sender's connection, if known.
+    fn reply(&mut self, reply: &Outgoing, connection: Option<&Self::Handle>) -> Result<(), PortError>;
 
-    /// Releases the message in `buffer`, which the kernel kept for us.
-    fn release(&mut self, buffer: &Self::Buffer) -> Result<(), PortError>;
+    /// Releases a message the kernel kept for us (`release.kind` is `SendKind::Release`).
+    fn release(&mut self, release: &Outgoing) -> Result<(), PortError>;
 
     /// Ends a connection and closes our end of it.
     fn disconnect(&mut self, connection: Self::Handle);
@@ -87,17 +90,20 @@ pub fn run<P: PortOps>(
         connections: ConnectionTable::default(),
         policy,
     };
-    let mut last_tick = Instant::now();
     let mut retries = 0u32;
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        if last_tick.elapsed() >= TICK_INTERVAL {
+        // The protocol's timers run when they are due, as the dispatcher says, not on a tick.
+        let mut deadline = receiver.dispatcher.poll_timeout();
+        if deadline.is_some_and(|due| due <= Instant::now()) {
             receiver.dispatcher.tick();
-            last_tick = Instant::now();
+            deadline = receiver.dispatcher.poll_timeout();
         }
-        let wait = TICK_INTERVAL.saturating_sub(last_tick.elapsed()).max(MIN_WAIT);
+        let wait = deadline
+            .map_or(STOP_CHECK, |due| due.saturating_duration_since(Instant::now()))
+            .clamp(MIN_WAIT, STOP_CHECK);
         let (code, context) = receiver.port.receive(&mut buffer, wait);
         match on_receive_status(code, retries) {
             LoopStep::Dispatch => {
@@ -109,7 +115,7 @@ pub fn run<P: PortOps>(
                 retries += 1;
                 warn!(
                     call = P::RECEIVE_CALL,
-                    status = format_args!("{code:#010X}"),
+                    status = format_args!("{:#010X}", code as u32),
                     name = status_name(code),
                     retries,
                     "port receive is short of resources; retrying"
@@ -179,14 +185,13 @@ impl<P: PortOps> Receiver<P> {
             },
         };
         let after = after_dispatch(&plan, &header, action);
-        self.carry_out(&header, buffer, context, conn, after);
+        self.carry_out(&header, context, conn, after);
     }
 
     /// Performs the port operations `after` asks for, in order.
     fn carry_out(
         &mut self,
         header: &PortMessage,
-        buffer: &P::Buffer,
         context: usize,
         conn: Option<ConnId>,
         after: AfterDispatch,
@@ -196,13 +201,13 @@ impl<P: PortOps> Receiver<P> {
         }
         if after.reply.is_some() {
             let connection = self.connections.get(context).map(|c| &c.handle);
-            if let Err(error) = self.port.reply(header, connection) {
+            if let Err(error) = self.port.reply(&Outgoing::reply(header), connection) {
                 // Usually the sender died while we worked; its close message follows.
                 debug!(%error, message_id = header.message_id, "reply not delivered");
             }
         }
         if after.release
-            && let Err(error) = self.port.release(buffer)
+            && let Err(error) = self.port.release(&Outgoing::release(header))
         {
             warn!(%error, message_id = header.message_id, "releasing a port message failed");
         }

@@ -12,13 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alpc_server::client::{PortError, read_hello_reply};
-use alpc_server::decide::{PeerPolicy, USER_MODE_REFUSED, status};
+use alpc_server::decide::{Outgoing, PeerPolicy, USER_MODE_REFUSED, status};
 use alpc_server::dispatch::Dispatcher;
 use alpc_server::receive_loop::{PortOps, run};
+use lpcmon_nt::NtStatus;
+use lpcmon_nt::alpc::SendKind;
 use lpcmon_protocol::message::{HELLO_MAX_LEN, Heartbeat, VERSION};
 use lpcmon_protocol::server::{Output, ServerConfig};
 use lpcmon_protocol::{Hello, PortMessage, ProducerKind, lpc};
 use tokio::sync::mpsc;
+
+/// `ALPC_MSGFLG_RELEASE_MESSAGE`: what a release must carry.
+const RELEASE: u32 = 0x0001_0000;
+/// `ALPC_MSGFLG_REPLY_MESSAGE | ALPC_MSGFLG_RELEASE_MESSAGE`: what a reply must carry, or the
+/// kernel keeps the request.
+const REPLY: u32 = 0x0001_0001;
 
 /// A port operation the loop performed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,19 +35,25 @@ enum Op {
         context: Option<usize>,
         reply: Vec<u8>,
     },
+    /// A reply: which request it names, its ALPC flags, its data length, and the connection.
     Reply {
         message_id: u32,
+        flags: u32,
+        data_length: u16,
         connection: Option<u32>,
     },
+    /// A release: which message it names, its ALPC flags and its data length.
     Release {
         message_id: u32,
+        flags: u32,
+        data_length: u16,
     },
     Disconnect(u32),
 }
 
 /// One receive result.
 struct Receive {
-    status: u32,
+    status: NtStatus,
     context: usize,
     message: Vec<u8>,
 }
@@ -61,7 +75,7 @@ impl PortOps for ScriptedPort {
         Vec::new()
     }
 
-    fn receive(&mut self, buffer: &mut Vec<u8>, _timeout: Duration) -> (u32, usize) {
+    fn receive(&mut self, buffer: &mut Vec<u8>, _timeout: Duration) -> (NtStatus, usize) {
         match self.script.pop_front() {
             Some(step) => {
                 buffer.clear();
@@ -98,18 +112,23 @@ impl PortOps for ScriptedPort {
         }))
     }
 
-    fn reply(&mut self, request: &PortMessage, connection: Option<&u32>) -> Result<(), PortError> {
+    fn reply(&mut self, reply: &Outgoing, connection: Option<&u32>) -> Result<(), PortError> {
+        assert_eq!(reply.kind, SendKind::Reply);
         self.ops.lock().unwrap().push(Op::Reply {
-            message_id: request.message_id,
+            message_id: reply.header.message_id,
+            flags: reply.flags(),
+            data_length: reply.header.data_length,
             connection: connection.copied(),
         });
         Ok(())
     }
 
-    fn release(&mut self, buffer: &Vec<u8>) -> Result<(), PortError> {
-        let (header, _) = PortMessage::parse(buffer).expect("the released message is intact");
+    fn release(&mut self, release: &Outgoing) -> Result<(), PortError> {
+        assert_eq!(release.kind, SendKind::Release);
         self.ops.lock().unwrap().push(Op::Release {
-            message_id: header.message_id,
+            message_id: release.header.message_id,
+            flags: release.flags(),
+            data_length: release.header.data_length,
         });
         Ok(())
     }
@@ -137,7 +156,7 @@ fn ok(context: usize, message: Vec<u8>) -> Receive {
     }
 }
 
-fn with_status(status: u32) -> Receive {
+fn with_status(status: NtStatus) -> Receive {
     Receive {
         status,
         context: 0,
@@ -253,9 +272,17 @@ fn a_driver_session_is_accepted_served_and_closed() {
     assert_eq!(
         outcome.ops[1..],
         [
-            Op::Release { message_id: 12 },
+            // The kept datagram is released by a header-only message naming it.
+            Op::Release {
+                message_id: 12,
+                flags: RELEASE,
+                data_length: 0
+            },
+            // The request is answered with its MessageId, and released by the same send.
             Op::Reply {
                 message_id: 13,
+                flags: REPLY,
+                data_length: 0,
                 connection: Some(101)
             },
             Op::Disconnect(101),
@@ -391,6 +418,8 @@ fn a_request_from_an_unknown_connection_is_still_replied_to() {
         outcome.ops,
         [Op::Reply {
             message_id: 40,
+            flags: REPLY,
+            data_length: 0,
             connection: None
         }]
     );
@@ -461,4 +490,114 @@ fn a_malformed_hello_is_refused_by_the_protocol() {
             ..
         })
     ));
+}
+
+/// Each message type as the kernel delivers it, with and without `LPC_CONTINUATION_REQUIRED`,
+/// and what the loop sends back for it: which message each send names, its flags and its
+/// length. A request is answered (the reply also releases it); every other kept message is
+/// released by a header-only message; nothing else is sent.
+#[test]
+fn each_message_type_gets_exactly_the_sends_it_needs_with_their_flags() {
+    let kernel = lpc::KERNELMODE_MESSAGE;
+    let kept = lpc::CONTINUATION_REQUIRED;
+    let connect = u16::from(lpc::CONNECTION_REQUEST) | kernel;
+    let outcome = run_script(
+        vec![
+            ok(
+                0,
+                message(connect, 4, 0x98, 10, &hello(ProducerKind::WindowsDriver, 1)),
+            ),
+            // A request the kernel kept: the reply names it and releases it; no second send.
+            ok(
+                1,
+                message(u16::from(lpc::REQUEST) | kernel | kept, 4, 0x98, 20, &heartbeat()),
+            ),
+            // A datagram not kept: nothing to send.
+            ok(
+                1,
+                message(u16::from(lpc::DATAGRAM) | kernel, 4, 0x98, 21, &heartbeat()),
+            ),
+            // A datagram kept: released, by MessageId, with no data.
+            ok(
+                1,
+                message(
+                    u16::from(lpc::DATAGRAM) | kernel | kept,
+                    4,
+                    0x98,
+                    22,
+                    &heartbeat(),
+                ),
+            ),
+            // The peer is gone and the kernel kept the notice: released, then our end closed.
+            ok(1, message(u16::from(lpc::CLIENT_DIED) | kept, 4, 0x98, 23, &[])),
+        ],
+        DRIVER_ONLY,
+        false,
+    );
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert!(matches!(outcome.ops[0], Op::Answer { context: Some(1), .. }));
+    assert_eq!(
+        outcome.ops[1..],
+        [
+            Op::Reply {
+                message_id: 20,
+                flags: REPLY,
+                data_length: 0,
+                connection: Some(101)
+            },
+            Op::Release {
+                message_id: 22,
+                flags: RELEASE,
+                data_length: 0
+            },
+            Op::Release {
+                message_id: 23,
+                flags: RELEASE,
+                data_length: 0
+            },
+            Op::Disconnect(101),
+        ]
+    );
+}
+
+/// Types a server never expects from a producer (a reply, an exception, a type the kernel does
+/// not define): each is counted by the dispatcher, and the loop only releases what the kernel
+/// kept and closes what the dispatcher gives up on.
+#[test]
+fn unexpected_types_are_released_when_kept_and_never_answered() {
+    let kept = lpc::CONTINUATION_REQUIRED;
+    let connect = u16::from(lpc::CONNECTION_REQUEST) | lpc::KERNELMODE_MESSAGE;
+    let outcome = run_script(
+        vec![
+            ok(
+                0,
+                message(connect, 4, 0x98, 10, &hello(ProducerKind::WindowsDriver, 1)),
+            ),
+            ok(1, message(u16::from(lpc::REPLY) | kept, 4, 0x98, 30, &[])),
+            ok(1, message(u16::from(lpc::EXCEPTION), 4, 0x98, 31, &[])),
+            ok(1, message(0x00FF | kept, 4, 0x98, 32, &[])),
+        ],
+        DRIVER_ONLY,
+        false,
+    );
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    // No reply: only requests are answered.
+    assert!(
+        !outcome.ops.iter().any(|op| matches!(op, Op::Reply { .. })),
+        "{:?}",
+        outcome.ops
+    );
+    let released: Vec<_> = outcome
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Release {
+                message_id,
+                flags,
+                data_length,
+            } => Some((*message_id, *flags, *data_length)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, [(30, RELEASE, 0), (32, RELEASE, 0)]);
 }

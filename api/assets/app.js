@@ -340,7 +340,7 @@ function restarted(why) {
  * `{id, kind, data}` (JSON text, parsed when drawn) or `{id, kind, ev}` (already parsed).
  */
 function deliver(item, live) {
-  counts.add(item.kind);
+  counts.add(item.kind, item.id);
   if (item.kind === 'loss') {
     banner.loss(item.ev);
     chart.mark();
@@ -469,7 +469,10 @@ function applyStats(s) {
   renderNotices(s.notices);
   renderProducers(s.producers);
   renderLosses(s);
+  // Settle first, so both columns describe the store as of this poll.
+  counts.settle(s.store.newest_id);
   counts.server(s.events_by_kind);
+  counts.render();
   const st = s.store;
   $('kpi-server').textContent = fmt(Math.round(s.rates.events_per_second));
   $('kpi-store').textContent = `${fmt(st.events)} / ${fmt(st.retain)}`;

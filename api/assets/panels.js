@@ -1,7 +1,7 @@
 // The side panels and banners: per-kind counters, producers, losses, server notices, and the
 // banner that says when this view missed events or a producer lost some.
 
-import { clock, producerName } from './table.js';
+import { clock, lossWhere, producerName } from './table.js';
 
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n || 0).toLocaleString();
@@ -40,11 +40,19 @@ export function bytes(n) {
  * The kinds table: a filter checkbox per kind, with what this view received next to what the
  * server stored. Rows are made on first sight of a kind, so a kind the page did not know
  * still gets its row.
+ *
+ * The two columns are taken at the same point: the server column comes from the last /stats
+ * poll, so the view column counts only the events up to that poll's newest id. Counting
+ * every event received (a couple of seconds ahead of the poll in a flood) once showed a view
+ * count above the server's. Events past the snapshot wait in `ahead`, in id order (the
+ * stream delivers ids ascending), until a poll covers them.
  */
 export class KindCounts {
   constructor(tbody) {
     this.tbody = tbody;
-    this.view = new Map();
+    this.view = new Map(); // kind -> events received with id <= upTo
+    this.ahead = []; // [id, kind] received with id > upTo, ascending
+    this.upTo = 0; // the newest id of the last /stats poll
     this.cells = new Map(); // kind -> [view cell, server cell]
     this.dirty = false;
   }
@@ -65,13 +73,28 @@ export class KindCounts {
     return cells;
   }
 
-  add(kind) {
+  add(kind, id) {
+    if (id <= this.upTo) this.count(kind);
+    else this.ahead.push([id, kind]);
+  }
+
+  count(kind) {
     this.view.set(kind, (this.view.get(kind) || 0) + 1);
     this.dirty = true;
   }
 
+  /** A /stats poll saw ids up to `newestId`: count what this view received up to there. */
+  settle(newestId) {
+    this.upTo = Math.max(this.upTo, newestId || 0);
+    let i = 0;
+    while (i < this.ahead.length && this.ahead[i][0] <= this.upTo) this.count(this.ahead[i++][1]);
+    if (i) this.ahead.splice(0, i);
+  }
+
   reset() {
     this.view.clear();
+    this.ahead = [];
+    this.upTo = 0;
     this.dirty = true;
   }
 
@@ -190,7 +213,9 @@ export class MissedBanner {
     const l = ev.loss || {};
     this.losses += 1;
     this.lost += l.count || 0;
-    this.lastLoss = `latest: ${producerName(ev.producer)} lost ${fmt(l.count)} at ${l.stage} (seq ${l.first_seq}–${l.last_seq}) at ${clock(ev.time)}`;
+    const where = lossWhere(l, ev.time);
+    const when = where.startsWith('at ') ? '' : ` at ${clock(ev.time)}`;
+    this.lastLoss = `latest: ${producerName(ev.producer)} lost ${fmt(l.count)} at ${l.stage} ${where}${when}`;
     this.render();
   }
 

@@ -32,6 +32,17 @@ export function clock(iso) {
   return `${lastClock}.${frac ? frac[1].padEnd(3, '0') : '000'}`;
 }
 
+// Stages whose losses name the lost sequence numbers. Events lost at producer_queue or kernel
+// never had one: their first_seq/last_seq only say where they fell, which means nothing to a
+// reader, so those show the time instead.
+const SEQUENCED_STAGES = new Set(['producer_send', 'transport', 'reassembly', 'server_ingest']);
+
+/** Where a loss happened, for people: its sequence range where it has one, else its time. */
+export function lossWhere(l, time) {
+  if (!SEQUENCED_STAGES.has(l.stage)) return `at ${clock(time)}`;
+  return l.first_seq === l.last_seq ? `(seq ${l.first_seq})` : `(seq ${l.first_seq}–${l.last_seq})`;
+}
+
 /** Badge colour family of a kind: its prefix (process, thread, image, producer) or loss. */
 function family(kind) {
   return kind.split('.')[0];
@@ -44,8 +55,7 @@ function describe(ev) {
   if (ev.image) return [ev.image.path || '', ''];
   if (ev.loss) {
     const l = ev.loss;
-    const seqs = l.first_seq === l.last_seq ? `seq ${l.first_seq}` : `seq ${l.first_seq}–${l.last_seq}`;
-    return [`${producerName(ev.producer)} · ${l.stage}`, `${l.count} events lost (${seqs})`];
+    return [`${producerName(ev.producer)} · ${l.stage}`, `${l.count} events lost ${lossWhere(l, ev.time)}`];
   }
   if (ev.kind === 'producer.connect') {
     const pr = ev.producer;

@@ -1,4 +1,4 @@
-//! Bearer-token authentication (DESIGN §5 Security).
+//! Bearer-token authentication (`docs/design.md`, "Security").
 //!
 //! With a token configured, every route needs `Authorization: Bearer <token>` except
 //! `/healthz` (so supervisors can probe liveness) and the static dashboard (`/` and
@@ -20,13 +20,22 @@ fn is_public(path: &str) -> bool {
     path == "/healthz" || path == "/" || path.starts_with("/assets/")
 }
 
-/// Compares without an early exit, so the time taken does not tell how much of a guess was
-/// right. Only the length can leak, which says little about a random token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares a presented token with the expected one without an early exit: the time taken
+/// depends only on the expected token's length, never on how much of a guess was right or
+/// on the guess's length. The header and `?token=` both go through here.
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(presented.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= presented.get(i).copied().unwrap_or(0) ^ e;
     }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    diff == 0
+}
+
+/// Whether `presented` is the expected token. An empty expected token never matches: the
+/// binary refuses one at start, and a library user who passes one gets a locked service,
+/// not an open one.
+fn token_matches(presented: &str, expected: &str) -> bool {
+    !expected.is_empty() && constant_time_eq(presented.as_bytes(), expected.as_bytes())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -51,10 +60,9 @@ pub async fn require_token(
     };
     let path = request.uri().path();
     let allowed = is_public(path)
-        || bearer(request.headers()).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
+        || bearer(request.headers()).is_some_and(|t| token_matches(t, expected))
         || (path == STREAM_PATH
-            && query_token(request.uri().query())
-                .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes())));
+            && query_token(request.uri().query()).is_some_and(|t| token_matches(&t, expected)));
     if !allowed {
         return Err(ApiError::Unauthorized);
     }
@@ -72,6 +80,16 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+        assert!(!constant_time_eq(b"x", b""));
+        assert!(!constant_time_eq(b"secretsecret", b"secret"));
+    }
+
+    /// Finding 1: an empty configured token must not let `?token=` (or `?token`) in.
+    #[test]
+    fn an_empty_expected_token_matches_nothing() {
+        assert!(!token_matches("", ""));
+        assert!(!token_matches("x", ""));
+        assert!(token_matches("s3cr3t", "s3cr3t"));
     }
 
     #[test]

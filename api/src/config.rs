@@ -19,6 +19,16 @@ pub struct ApiConfig {
     /// Events the live broadcast holds for the slowest SSE client before it lags. This bounds
     /// per-client buffering; a client that lags is caught up from the store or told of a gap.
     pub broadcast_capacity: usize,
+    /// Which `Host` (and `Origin`) values are answered.
+    pub hosts: HostPolicy,
+    /// How long a connection may take to send a request's headers (from its first byte, or
+    /// from accept for the first request) before it is closed.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay with no byte read or written before it is closed. SSE
+    /// streams send a keep-alive every `keepalive`, so they are never idle by this measure.
+    pub idle_timeout: Duration,
+    /// Most HTTP connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// Producers `/stats` remembers; the longest-idle disconnected one is forgotten first.
     /// Global totals are kept regardless.
     pub max_producers: usize,
@@ -34,6 +44,28 @@ impl Default for ApiConfig {
             sse_retry: Duration::from_secs(2),
             broadcast_capacity: 4096,
             max_producers: 1024,
+            hosts: HostPolicy::default(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
         }
+    }
+}
+
+/// Which `Host` header values the service answers, against DNS rebinding: a web page whose
+/// name an attacker re-points at 127.0.0.1 reaches a loopback server with its own name in
+/// `Host`, so a loopback server must answer only loopback names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPolicy {
+    /// Any `Host`: for a server on a routable address, which needs a token anyway.
+    Any,
+    /// `localhost`, `127.0.0.1` (any 127/8 address), `[::1]`, and these names (e.g. a reverse
+    /// proxy's), with or without a port. Compared case-insensitively.
+    Loopback { also: Vec<String> },
+}
+
+impl Default for HostPolicy {
+    fn default() -> Self {
+        HostPolicy::Loopback { also: Vec::new() }
     }
 }

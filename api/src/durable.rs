@@ -304,7 +304,9 @@ fn to_events(rows: Vec<EventRow>) -> Vec<Arc<StoredEvent>> {
                 pid: row.pid,
                 producer,
                 search: Arc::from(""),
-                json: Arc::from(row.json),
+                // What the writer stored is what ingest serialised; a row that is not JSON
+                // (the file edited by hand) is skipped like a missing one.
+                json: Arc::from(serde_json::value::RawValue::from_string(row.json).ok()?),
             }))
         })
         .collect()

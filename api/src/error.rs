@@ -12,8 +12,17 @@ pub enum ApiError {
     NotFound(String),
     #[error("a valid bearer token is required")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The `Host` is not one this server answers for (DNS rebinding defence).
+    #[error("{0}")]
+    MisdirectedHost(String),
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(usize),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -28,7 +37,11 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -38,7 +51,11 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MisdirectedHost(_) => "misdirected_host",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::Internal(_) => "internal",
         }
     }

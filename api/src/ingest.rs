@@ -225,7 +225,7 @@ impl Ingest {
             pid: record.pid,
             producer: producer.clone(),
             search: record.search.into(),
-            json: record.json.into(),
+            json: Arc::from(record.json),
         });
         if let Some(durable) = &mut self.durable {
             durable.push(&event, now);

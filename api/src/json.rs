@@ -1,4 +1,4 @@
-//! Turns the port server's outputs into event JSON, schema 1 (DESIGN §5).
+//! Turns the port server's outputs into event JSON, schema 1 (`docs/design.md`, "Event JSON").
 //!
 //! Each stored event is serialised exactly once, here, at ingest. Every later reader (REST
 //! pages, NDJSON, SSE) copies these bytes instead of serialising again. A field that does not
@@ -10,8 +10,10 @@ use lpcmon_protocol::event::{Event, FieldType, flags};
 use lpcmon_protocol::message::Loss;
 use lpcmon_protocol::server::{ProducerInfo, TransportInfo};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::kind::Kind;
+use crate::page::Page;
 use crate::timefmt::rfc3339_ns;
 
 /// One event ready for the store: its JSON and what the filters look at.
@@ -21,7 +23,7 @@ pub struct Record {
     pub pid: Option<u32>,
     /// Executable, command line and image path, lowercased and joined by `\n`, for `q`.
     pub search: String,
-    pub json: String,
+    pub json: Box<RawValue>,
 }
 
 #[derive(Serialize)]
@@ -267,7 +269,7 @@ pub fn event(
         kind,
         pid: Some(h.pid),
         search: search_text(&[executable, command_line, image_path]),
-        json: serde_json::to_string(&doc)?,
+        json: serde_json::value::to_raw_value(&doc)?,
     })
 }
 
@@ -300,7 +302,7 @@ fn server_record(
         kind,
         pid: None,
         search: String::new(),
-        json: serde_json::to_string(&doc)?,
+        json: serde_json::value::to_raw_value(&doc)?,
     })
 }
 
@@ -354,12 +356,36 @@ pub fn disconnect(
     )
 }
 
+/// The `GET /events` reply. The events are the stored JSON texts, embedded as they are: they
+/// were serialised once, at ingest, and are copied, not parsed or re-encoded, here. (Parsing
+/// each stored text back into a `&RawValue` per page instead cost about 25 times as much.)
+#[derive(Serialize)]
+struct PageJson<'a> {
+    events: Vec<&'a RawValue>,
+    next_after: Option<u64>,
+    oldest_id: Option<u64>,
+    newest_id: Option<u64>,
+}
+
+/// The page as one JSON object: `{"events":[...],"next_after":..,"oldest_id":..,"newest_id":..}`.
+pub fn page(page: &Page) -> Result<String, serde_json::Error> {
+    let events = page.events.iter().map(|event| &*event.json).collect();
+    serde_json::to_string(&PageJson {
+        events,
+        next_after: page.next_after,
+        oldest_id: page.oldest_id,
+        newest_id: page.newest_id,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoredEvent;
     use lpcmon_protocol::event::{EventHeader, EventKind, Field, FieldValue};
     use lpcmon_protocol::message::{LossStage, ProducerKind};
     use serde_json::{Value, json};
+    use std::sync::Arc;
 
     fn producer() -> ProducerInfo {
         ProducerInfo {
@@ -418,7 +444,7 @@ mod tests {
             ],
         };
         let rec = event(42, 1_700_000_000_000_000_002, &producer(), &ev, &transport()).unwrap();
-        let v: Value = serde_json::from_str(&rec.json).unwrap();
+        let v: Value = serde_json::from_str(rec.json.get()).unwrap();
         assert_eq!(
             v,
             json!({
@@ -437,6 +463,43 @@ mod tests {
     }
 
     #[test]
+    fn a_page_embeds_the_stored_json_as_it_is() {
+        let l = Loss {
+            stage: LossStage::Transport,
+            count: 1,
+            first_seq: 4,
+            last_seq: 4,
+            total: 1,
+        };
+        let stored = |id| {
+            Arc::new(StoredEvent {
+                id,
+                kind: Kind::Loss,
+                pid: None,
+                producer: Arc::new(producer()),
+                search: "".into(),
+                json: loss(id, 0, &producer(), &l).unwrap().json.into(),
+            })
+        };
+        let events = vec![stored(7), stored(8)];
+        let body = page(&Page {
+            events: events.clone(),
+            next_after: Some(8),
+            oldest_id: Some(1),
+            newest_id: None,
+        })
+        .unwrap();
+        let expected = format!(
+            r#"{{"events":[{},{}],"next_after":8,"oldest_id":1,"newest_id":null}}"#,
+            events[0].json.get(),
+            events[1].json.get()
+        );
+        assert_eq!(body, expected);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["events"][1]["loss"]["first_seq"], 4);
+    }
+
+    #[test]
     fn loss_names_its_producer_without_seq() {
         let l = Loss {
             stage: LossStage::ServerIngest,
@@ -446,7 +509,7 @@ mod tests {
             total: 3,
         };
         let rec = loss(7, 0, &producer(), &l).unwrap();
-        let v: Value = serde_json::from_str(&rec.json).unwrap();
+        let v: Value = serde_json::from_str(rec.json.get()).unwrap();
         assert_eq!(
             v["loss"],
             json!({"stage": "server_ingest", "count": 3, "first_seq": 10, "last_seq": 12})

@@ -4,11 +4,7 @@
 use lpcmon_protocol::{EventKind, ProducerKind};
 
 /// Every producer kind, for the `producer` filter and for zero-filled per-kind counters.
-pub const PRODUCER_KINDS: [ProducerKind; 3] = [
-    ProducerKind::WindowsDriver,
-    ProducerKind::LinuxSensor,
-    ProducerKind::Loadgen,
-];
+pub const PRODUCER_KINDS: [ProducerKind; ProducerKind::ALL.len()] = ProducerKind::ALL;
 
 /// What a stored event is. Its name is the JSON `kind` and the `kind` query value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,7 +11,8 @@
 //! ids start at 1 and are dense. Each event is serialised to JSON once, at ingest; pages and
 //! streams copy those bytes. HTTP clients never slow ingest: readers take the store's lock in
 //! short chunks, and live streams hang off a bounded broadcast on which a slow client lags on
-//! its own and is then told exactly what it missed (DESIGN §2, §3, §5).
+//! its own and is then told exactly what it missed (`docs/design.md`: data flow, invariants,
+//! HTTP API).
 
 mod assets;
 mod auth;
@@ -19,6 +20,7 @@ mod config;
 mod durable;
 mod error;
 mod follow;
+mod guard;
 mod ingest;
 mod json;
 mod kind;
@@ -33,7 +35,7 @@ mod stats;
 mod store;
 mod timefmt;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, HostPolicy};
 pub use durable::restored_instances;
 pub use ingest::spawn_ingest;
 pub use routes::{router, routes};

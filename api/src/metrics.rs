@@ -1,194 +1,234 @@
-//! Prometheus text exposition of the [`Report`]: the `lpcmon_` prefix, `_total` counters,
-//! base units, a `_build_info` gauge, and only low-cardinality labels (event kind, loss
-//! stage, producer kind, reasons) — never a pid, a path or a producer instance.
+//! `/metrics`: the [`Report`] in the OpenMetrics text format, written by `prometheus-client`.
+//!
+//! Every name has the `lpcmon_` prefix; counters get their `_total` suffix and units their
+//! `_seconds` / `_bytes` suffix from the encoder; the version travels on `lpcmon_build_info`.
+//! Labels are low-cardinality only (event kind, loss stage, producer kind, reasons): never a
+//! pid, a path or a producer instance.
+//!
+//! The counters live in the service's own stats (one lock, also behind `/stats`), so this is a
+//! [`Collector`] over one report, rendered per scrape, rather than a registry of live metric
+//! objects: `/stats` and `/metrics` read the same snapshot and always agree.
 
-use std::fmt::Display;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::report::Report;
 
-struct Text(String);
+/// The media type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-impl Text {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        self.0
-            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    }
+/// Renders one report.
+pub fn render(report: Report) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("lpcmon");
+    registry.register_collector(Box::new(ReportCollector(report)));
+    let mut text = String::with_capacity(8192);
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            let inner: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            self.0.push_str(&format!("{{{}}}", inner.join(",")));
-        }
-        self.0.push_str(&format!(" {value}\n"));
-    }
+#[derive(Debug)]
+struct ReportCollector(Report);
 
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
+/// Writes families into one encoder; names are without the prefix and the suffixes.
+struct Families<'a>(DescriptorEncoder<'a>);
 
-    fn labelled<'a, V: Display>(
+impl Families<'_> {
+    /// A family of one sample without labels.
+    fn one(
         &mut self,
         name: &str,
-        kind: &str,
         help: &str,
+        unit: Option<&Unit>,
+        metric: impl EncodeMetric,
+    ) -> std::fmt::Result {
+        metric.encode(self.0.encode_descriptor(name, help, unit, metric.metric_type())?)
+    }
+
+    /// A family of `kind` with one label.
+    fn labelled<'v, M: EncodeMetric>(
+        &mut self,
+        (name, help, unit, kind): (&str, &str, Option<&Unit>, MetricType),
         label: &str,
-        values: impl IntoIterator<Item = (&'a str, V)>,
-    ) {
-        self.family(name, kind, help);
-        for (key, value) in values {
-            self.sample(name, &[(label, key)], value);
+        values: impl IntoIterator<Item = (&'v str, M)>,
+    ) -> std::fmt::Result {
+        let mut family = self.0.encode_descriptor(name, help, unit, kind)?;
+        for (key, metric) in values {
+            metric.encode(family.encode_family(&[(label, key)])?)?;
         }
+        Ok(())
+    }
+
+    fn counters<'v>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        label: &str,
+        values: impl IntoIterator<Item = (&'v str, u64)>,
+    ) -> std::fmt::Result {
+        let values = values.into_iter().map(|(k, v)| (k, ConstCounter::new(v)));
+        self.labelled((name, help, unit, MetricType::Counter), label, values)
+    }
+
+    fn counter(&mut self, name: &str, help: &str, unit: Option<&Unit>, value: u64) -> std::fmt::Result {
+        self.one(name, help, unit, ConstCounter::new(value))
+    }
+
+    fn gauge<N>(&mut self, name: &str, help: &str, unit: Option<&Unit>, value: N) -> std::fmt::Result
+    where
+        ConstGauge<N>: EncodeMetric,
+    {
+        self.one(name, help, unit, ConstGauge::new(value))
     }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
+/// A count as a gauge value. Counts here are far below `i64::MAX`; saturate rather than wrap.
+fn level(count: impl TryInto<i64>) -> i64 {
+    count.try_into().unwrap_or(i64::MAX)
 }
 
-pub fn render(r: &Report) -> String {
-    let c = &r.counters;
-    let mut t = Text(String::with_capacity(8192));
-    t.family("lpcmon_build_info", "gauge", "Always 1; the version is a label.");
-    t.sample("lpcmon_build_info", &[("version", r.version)], 1);
-    t.single(
-        "lpcmon_start_time_seconds",
-        "gauge",
-        "When the service started, in seconds since the Unix epoch.",
-        r.start_time_seconds,
-    );
-    t.labelled(
-        "lpcmon_events_stored_total",
-        "counter",
-        "Events stored, by kind (losses and producer connects and disconnects included).",
-        "kind",
-        c.events_by_kind.iter().map(|(k, v)| (*k, v)),
-    );
-    t.labelled(
-        "lpcmon_events_lost_total",
-        "counter",
-        "Events lost, by the pipeline stage that lost them.",
-        "stage",
-        c.losses_by_stage.iter().map(|(k, v)| (*k, v)),
-    );
-    let kinds = &c.by_producer_kind;
-    t.labelled(
-        "lpcmon_producer_events_total",
-        "counter",
-        "Events received from producers, by producer kind.",
-        "producer_kind",
-        kinds.iter().map(|(k, v)| (*k, v.events)),
-    );
-    t.labelled(
-        "lpcmon_producer_received_bytes_total",
-        "counter",
-        "Encoded event bytes received from producers, by producer kind.",
-        "producer_kind",
-        kinds.iter().map(|(k, v)| (*k, v.bytes)),
-    );
-    t.labelled(
-        "lpcmon_producer_connections_total",
-        "counter",
-        "Producer connections accepted, by producer kind.",
-        "producer_kind",
-        kinds.iter().map(|(k, v)| (*k, v.connections)),
-    );
-    t.labelled(
-        "lpcmon_producers_connected",
-        "gauge",
-        "Producers connected now, by producer kind.",
-        "producer_kind",
-        kinds.iter().map(|(k, v)| (*k, v.connected)),
-    );
-    t.labelled(
-        "lpcmon_refused_connections_total",
-        "counter",
-        "Connections refused, by reason.",
-        "reason",
-        c.refused_connections.iter().map(|(k, v)| (*k, v)),
-    );
-    t.single(
-        "lpcmon_malformed_messages_total",
-        "counter",
-        "Messages that could not be decoded.",
-        c.malformed_messages,
-    );
-    t.single(
-        "lpcmon_stale_messages_total",
-        "counter",
-        "Events that arrived after their sequence number was counted as lost.",
-        c.stale_messages,
-    );
-    t.single(
-        "lpcmon_duplicate_messages_total",
-        "counter",
-        "Events or fragments received twice (dropped; nothing lost).",
-        c.duplicate_messages,
-    );
-    t.single(
-        "lpcmon_heartbeats_total",
-        "counter",
-        "Producer heartbeats received.",
-        c.heartbeats,
-    );
-    t.single(
-        "lpcmon_encode_errors_total",
-        "counter",
-        "Events that could not be encoded as JSON (expected to stay 0).",
-        c.encode_errors,
-    );
-    let s = &r.store;
-    t.single("lpcmon_store_events", "gauge", "Events in the store.", s.events);
-    t.single(
-        "lpcmon_store_bytes",
-        "gauge",
-        "Bytes the store's events take.",
-        s.bytes,
-    );
-    t.single(
-        "lpcmon_store_retain_events",
-        "gauge",
-        "Most events the store keeps.",
-        s.retain,
-    );
-    t.single(
-        "lpcmon_store_retain_bytes",
-        "gauge",
-        "Most bytes the store keeps.",
-        s.retain_bytes,
-    );
-    t.single(
-        "lpcmon_store_evicted_total",
-        "counter",
-        "Events evicted from the store to stay within its limits.",
-        s.evicted,
-    );
-    t.single(
-        "lpcmon_sse_clients",
-        "gauge",
-        "SSE streams open now.",
-        r.sse.clients,
-    );
-    t.labelled(
-        "lpcmon_sse_gaps_total",
-        "counter",
-        "Gap events sent to SSE clients, by reason.",
-        "reason",
-        r.sse.gaps.iter().map(|(k, v)| (*k, v)),
-    );
-    t.labelled(
-        "lpcmon_sse_missed_events_total",
-        "counter",
-        "Events SSE clients were told they missed, by reason.",
-        "reason",
-        r.sse.missed.iter().map(|(k, v)| (*k, v)),
-    );
-    t.0
+impl Collector for ReportCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        let r = &self.0;
+        let c = &r.counters;
+        let mut f = Families(encoder);
+        f.one(
+            "build",
+            "The running build; the version is a label.",
+            None,
+            Info::new([("version", r.version)]),
+        )?;
+        f.gauge(
+            "start_time",
+            "When the service started, since the Unix epoch.",
+            Some(&Unit::Seconds),
+            r.start_time_seconds,
+        )?;
+        f.counters(
+            "events_stored",
+            "Events stored, by kind (losses and producer connects and disconnects included).",
+            None,
+            "kind",
+            c.events_by_kind.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        f.counters(
+            "events_lost",
+            "Events lost, by the pipeline stage that lost them.",
+            None,
+            "stage",
+            c.losses_by_stage.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        let kinds = &c.by_producer_kind;
+        f.counters(
+            "producer_events",
+            "Events received from producers, by producer kind.",
+            None,
+            "producer_kind",
+            kinds.iter().map(|(k, v)| (*k, v.events)),
+        )?;
+        f.counters(
+            "producer_received",
+            "Encoded event bytes received from producers, by producer kind.",
+            Some(&Unit::Bytes),
+            "producer_kind",
+            kinds.iter().map(|(k, v)| (*k, v.bytes)),
+        )?;
+        f.counters(
+            "producer_connections",
+            "Producer connections accepted, by producer kind.",
+            None,
+            "producer_kind",
+            kinds.iter().map(|(k, v)| (*k, v.connections)),
+        )?;
+        f.labelled(
+            (
+                "producers_connected",
+                "Producers connected now, by producer kind.",
+                None,
+                MetricType::Gauge,
+            ),
+            "producer_kind",
+            kinds
+                .iter()
+                .map(|(k, v)| (*k, ConstGauge::new(level(v.connected)))),
+        )?;
+        f.counters(
+            "refused_connections",
+            "Connections refused, by reason.",
+            None,
+            "reason",
+            c.refused_connections.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        f.counter(
+            "malformed_messages",
+            "Messages that could not be decoded.",
+            None,
+            c.malformed_messages,
+        )?;
+        f.counter(
+            "stale_messages",
+            "Events that arrived after their sequence number was counted as lost.",
+            None,
+            c.stale_messages,
+        )?;
+        f.counter(
+            "duplicate_messages",
+            "Events or fragments received twice (dropped; nothing lost).",
+            None,
+            c.duplicate_messages,
+        )?;
+        f.counter("heartbeats", "Producer heartbeats received.", None, c.heartbeats)?;
+        f.counter(
+            "encode_errors",
+            "Events that could not be encoded as JSON (expected to stay 0).",
+            None,
+            c.encode_errors,
+        )?;
+        let s = &r.store;
+        f.gauge("store_events", "Events in the store.", None, level(s.events))?;
+        f.gauge(
+            "store",
+            "Bytes the store's events take.",
+            Some(&Unit::Bytes),
+            level(s.bytes),
+        )?;
+        f.gauge(
+            "store_retain_events",
+            "Most events the store keeps.",
+            None,
+            level(s.retain),
+        )?;
+        f.gauge(
+            "store_retain",
+            "Most bytes the store keeps.",
+            Some(&Unit::Bytes),
+            level(s.retain_bytes),
+        )?;
+        f.counter(
+            "store_evicted",
+            "Events evicted from the store to stay within its limits.",
+            None,
+            s.evicted,
+        )?;
+        f.gauge("sse_clients", "SSE streams open now.", None, level(r.sse.clients))?;
+        f.counters(
+            "sse_gaps",
+            "Gap events sent to SSE clients, by reason.",
+            None,
+            "reason",
+            r.sse.gaps.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        f.counters(
+            "sse_missed_events",
+            "Events SSE clients were told they missed, by reason.",
+            None,
+            "reason",
+            r.sse.missed.iter().map(|(k, v)| (*k, *v)),
+        )
+    }
 }

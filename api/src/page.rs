@@ -81,7 +81,12 @@ fn forward(state: &AppState, query: &EventsQuery, after: u64) -> (Vec<Arc<Stored
         let Some(oldest) = tail_oldest else {
             break;
         };
-        let first = (examined + 1).max(oldest);
+        // `after` comes from the client: at u64::MAX there is nothing after it, and `+ 1`
+        // must not wrap round to the oldest events.
+        let Some(next) = examined.checked_add(1) else {
+            break;
+        };
+        let first = next.max(oldest);
         if first > end {
             break;
         }

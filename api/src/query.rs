@@ -1,10 +1,17 @@
 //! Query parameters of `/events` and `/events/stream`, and the event filter they describe.
 //!
-//! Parsed by hand from the raw query string so every mistake gets the API's JSON error. An
-//! unknown parameter is an error too: a misspelt filter would otherwise silently match
-//! everything. An empty value (`q=`) counts as leaving the parameter out, as HTML forms send.
+//! serde_html_form (through axum-extra's `Query`) splits the query string; [`ApiQuery`] turns
+//! its rejections into the API's JSON error. Unknown parameters are refused
+//! (`deny_unknown_fields`): a misspelt filter would otherwise silently match everything.
+//! Every parameter is read as a list of raw strings so that a repeated one and an empty one
+//! (`limit=`) are refused with a clear message, as `openapi.yaml` says, rather than dropped.
+//! Only `q=` may be empty (it means no text filter, as an HTML form sends it).
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use lpcmon_protocol::ProducerKind;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::kind::{Kind, PRODUCER_KINDS};
@@ -12,6 +19,29 @@ use crate::store::StoredEvent;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
+
+/// axum-extra's `Query`, answering a malformed or unknown parameter with our JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum_extra::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+/// Parses a decimal id or count: ASCII digits only. `u64::from_str` also takes a leading `+`,
+/// which the contract does not allow.
+pub fn parse_decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ProducerMatch {
@@ -60,6 +90,28 @@ impl Filter {
     }
 }
 
+/// The raw parameters of `GET /events` and `GET /events/stream`, as serde_html_form splits
+/// them. One struct for both routes: `limit` belongs only to the page and `token` only to
+/// the stream (the auth layer reads it), which the conversions below enforce.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParams {
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    limit: Vec<String>,
+    #[serde(default)]
+    kind: Vec<String>,
+    #[serde(default)]
+    pid: Vec<String>,
+    #[serde(default)]
+    producer: Vec<String>,
+    #[serde(default)]
+    q: Vec<String>,
+    #[serde(default)]
+    token: Vec<String>,
+}
+
 /// `GET /events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsQuery {
@@ -68,58 +120,81 @@ pub struct EventsQuery {
     pub filter: Filter,
 }
 
-/// `GET /events/stream`. `token` is read by the auth layer and only skipped here.
+/// `GET /events/stream`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamQuery {
     pub after: Option<u64>,
     pub filter: Filter,
 }
 
-impl EventsQuery {
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let p = Parsed::parse(raw, Route::Events)?;
+impl TryFrom<QueryParams> for EventsQuery {
+    type Error = ApiError;
+
+    fn try_from(p: QueryParams) -> Result<Self, ApiError> {
+        if !p.token.is_empty() {
+            return Err(ApiError::bad_request(
+                "unknown query parameter `token`: only /events/stream takes it; send \
+                 `Authorization: Bearer` here",
+            ));
+        }
+        let limit = match single("limit", &p.limit)? {
+            None => DEFAULT_LIMIT,
+            Some(text) => {
+                let limit: usize = number("limit", text)?;
+                if !(1..=MAX_LIMIT).contains(&limit) {
+                    return Err(ApiError::bad_request(format!(
+                        "`limit` must be between 1 and {MAX_LIMIT}, not {limit}"
+                    )));
+                }
+                limit
+            }
+        };
         Ok(EventsQuery {
-            after: p.after,
-            limit: p.limit.unwrap_or(DEFAULT_LIMIT),
-            filter: p.filter,
+            after: optional_number("after", &p.after)?,
+            limit,
+            filter: filter(&p.kind, &p.pid, &p.producer, &p.q)?,
         })
     }
 }
 
-impl StreamQuery {
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let p = Parsed::parse(raw, Route::Stream)?;
+impl TryFrom<QueryParams> for StreamQuery {
+    type Error = ApiError;
+
+    fn try_from(p: QueryParams) -> Result<Self, ApiError> {
+        if !p.limit.is_empty() {
+            return Err(ApiError::bad_request(
+                "unknown query parameter `limit`: a stream has no page size",
+            ));
+        }
         Ok(StreamQuery {
-            after: p.after,
-            filter: p.filter,
+            after: optional_number("after", &p.after)?,
+            filter: filter(&p.kind, &p.pid, &p.producer, &p.q)?,
         })
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Events,
-    Stream,
-}
-
-#[derive(Default)]
-struct Parsed {
-    after: Option<u64>,
-    limit: Option<usize>,
-    filter: Filter,
-}
-
-fn once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), ApiError> {
-    if slot.replace(value).is_some() {
-        return Err(ApiError::bad_request(format!("`{name}` is given more than once")));
+/// The one value of a parameter that may be given at most once, and never empty.
+fn single<'a>(name: &str, values: &'a [String]) -> Result<Option<&'a str>, ApiError> {
+    match values {
+        [] => Ok(None),
+        [value] if value.is_empty() => Err(ApiError::bad_request(format!(
+            "`{name}` is empty: give a value or leave the parameter out"
+        ))),
+        [value] => Ok(Some(value)),
+        _ => Err(ApiError::bad_request(format!("`{name}` is given more than once"))),
     }
-    Ok(())
 }
 
-fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiError> {
-    value
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{name}` must be a non-negative integer, not {value:?}")))
+fn number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, ApiError> {
+    parse_decimal(text).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "`{name}` must be a non-negative decimal integer in range, not {text:?}"
+        ))
+    })
+}
+
+fn optional_number<T: std::str::FromStr>(name: &str, values: &[String]) -> Result<Option<T>, ApiError> {
+    single(name, values)?.map(|text| number(name, text)).transpose()
 }
 
 fn kind_names() -> String {
@@ -130,60 +205,42 @@ fn producer_match(value: &str) -> Result<ProducerMatch, ApiError> {
     if let Some(kind) = PRODUCER_KINDS.into_iter().find(|k| k.name() == value) {
         return Ok(ProducerMatch::Kind(kind));
     }
-    if value.len() <= 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(ProducerMatch::Instance(value.to_ascii_lowercase()));
     }
     Err(ApiError::bad_request(format!(
-        "`producer` must be a producer kind ({}) or up to 32 hex digits of an instance, not {value:?}",
+        "`producer` must be a producer kind ({}) or 1 to 32 hex digits of an instance, not {value:?}",
         PRODUCER_KINDS.map(ProducerKind::name).join(", ")
     )))
 }
 
-impl Parsed {
-    fn parse(raw: Option<&str>, route: Route) -> Result<Self, ApiError> {
-        let mut p = Parsed::default();
-        for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-            let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            match &*name {
-                "after" => once(&mut p.after, "after", number(&name, value)?)?,
-                "limit" if route == Route::Events => {
-                    let limit: usize = number(&name, value)?;
-                    if !(1..=MAX_LIMIT).contains(&limit) {
-                        return Err(ApiError::bad_request(format!(
-                            "`limit` must be between 1 and {MAX_LIMIT}, not {limit}"
-                        )));
-                    }
-                    once(&mut p.limit, "limit", limit)?;
-                }
-                "kind" => {
-                    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                        let kind = Kind::parse(item).ok_or_else(|| {
-                            ApiError::bad_request(format!(
-                                "unknown kind {item:?}; known kinds: {}",
-                                kind_names()
-                            ))
-                        })?;
-                        if !p.filter.kinds.contains(&kind) {
-                            p.filter.kinds.push(kind);
-                        }
-                    }
-                }
-                "pid" => once(&mut p.filter.pid, "pid", number(&name, value)?)?,
-                "producer" => once(&mut p.filter.producer, "producer", producer_match(value)?)?,
-                "q" => once(&mut p.filter.q, "q", value.to_lowercase())?,
-                "token" if route == Route::Stream => {}
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown query parameter {other:?}"
-                    )));
-                }
-            }
+/// Every `kind` value is a comma list of kind names, with no blanks.
+fn kinds(values: &[String]) -> Result<Vec<Kind>, ApiError> {
+    let mut kinds = Vec::new();
+    for item in values.iter().flat_map(|v| v.split(',')) {
+        let kind = Kind::parse(item).ok_or_else(|| {
+            ApiError::bad_request(format!("unknown kind {item:?}; known kinds: {}", kind_names()))
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
         }
-        Ok(p)
     }
+    Ok(kinds)
+}
+
+fn filter(kind: &[String], pid: &[String], producer: &[String], q: &[String]) -> Result<Filter, ApiError> {
+    let q = match q {
+        [] => None,
+        [text] if text.is_empty() => None,
+        [text] => Some(text.to_lowercase()),
+        _ => return Err(ApiError::bad_request("`q` is given more than once")),
+    };
+    Ok(Filter {
+        kinds: kinds(kind)?,
+        pid: optional_number("pid", pid)?,
+        producer: single("producer", producer)?.map(producer_match).transpose()?,
+        q,
+    })
 }
 
 #[cfg(test)]
@@ -191,8 +248,14 @@ mod tests {
     use super::*;
     use lpcmon_protocol::EventKind;
 
+    fn events(raw: &str) -> Result<EventsQuery, ApiError> {
+        let params: QueryParams =
+            serde_html_form::from_str(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        EventsQuery::try_from(params)
+    }
+
     fn bad(raw: &str) -> String {
-        match EventsQuery::parse(Some(raw)) {
+        match events(raw) {
             Err(ApiError::BadRequest(m)) => m,
             other => panic!("{raw}: expected a bad request, got {other:?}"),
         }
@@ -200,10 +263,9 @@ mod tests {
 
     #[test]
     fn parses_every_parameter() {
-        let q = EventsQuery::parse(Some(
-            "after=5&limit=7&kind=process.exec,loss&kind=process.exec&pid=9&producer=ABc&q=Bin%2FT",
-        ))
-        .unwrap();
+        let q =
+            events("after=5&limit=7&kind=process.exec,loss&kind=process.exec&pid=9&producer=ABc&q=Bin%2FT")
+                .unwrap();
         assert_eq!(q.after, Some(5));
         assert_eq!(q.limit, 7);
         assert_eq!(
@@ -213,11 +275,8 @@ mod tests {
         assert_eq!(q.filter.pid, Some(9));
         assert_eq!(q.filter.producer, Some(ProducerMatch::Instance("abc".into())));
         assert_eq!(q.filter.q.as_deref(), Some("bin/t"));
-        assert_eq!(EventsQuery::parse(None).unwrap().limit, DEFAULT_LIMIT);
-        assert_eq!(
-            EventsQuery::parse(Some("q=&kind=")).unwrap().filter,
-            Filter::default()
-        );
+        assert_eq!(events("").unwrap().limit, DEFAULT_LIMIT);
+        assert_eq!(events("q=").unwrap().filter, Filter::default());
     }
 
     #[test]
@@ -229,9 +288,39 @@ mod tests {
         assert!(bad("kind=nope").contains("known kinds"));
         assert!(bad("pid=1&pid=2").contains("more than once"));
         assert!(bad("producer=zz").contains("producer kind"));
-        assert!(bad("kinds=loss").contains("unknown query parameter"));
-        assert!(bad("token=x").contains("unknown query parameter"));
-        assert!(StreamQuery::parse(Some("token=x&after=3")).is_ok());
-        assert!(StreamQuery::parse(Some("limit=3")).is_err());
+        assert!(bad("kinds=loss").contains("unknown field"));
+        assert!(bad("token=x").contains("unknown query parameter `token`"));
+    }
+
+    /// Finding 11 (a leading `+`) and finding 12 (an empty `limit=` accepted).
+    #[test]
+    fn refuses_plus_signs_and_empty_values() {
+        assert!(bad("after=+5").contains("after"));
+        assert!(bad("pid=+5").contains("pid"));
+        assert!(bad("limit=+5").contains("limit"));
+        assert!(bad("limit=").contains("empty"));
+        assert!(bad("after=").contains("empty"));
+        assert!(bad("kind=").contains("unknown kind"));
+        assert!(bad("kind=loss,").contains("unknown kind"));
+        assert!(bad("kind=%20loss").contains("unknown kind"));
+        assert!(bad("producer=").contains("empty"));
+        assert!(bad("after=18446744073709551616").contains("after"));
+        assert_eq!(parse_decimal::<u64>("+1"), None);
+        assert_eq!(parse_decimal::<u64>("18446744073709551615"), Some(u64::MAX));
+    }
+
+    #[test]
+    fn stream_takes_a_token_but_no_limit() {
+        let stream = |raw: &str| {
+            serde_html_form::from_str::<QueryParams>(raw)
+                .map_err(|e| e.to_string())
+                .and_then(|p| StreamQuery::try_from(p).map_err(|e| e.to_string()))
+        };
+        assert_eq!(stream("token=x&after=3").unwrap().after, Some(3));
+        assert!(
+            stream("limit=3")
+                .unwrap_err()
+                .contains("unknown query parameter `limit`")
+        );
     }
 }

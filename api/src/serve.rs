@@ -1,31 +1,260 @@
 //! Serving the router on a listener, the way the binary and every in-process harness do.
+//!
+//! A hand-written accept loop over hyper's HTTP/1 connection builder rather than
+//! `axum::serve`, because three defences need the connection itself:
+//!
+//! - a header-read timeout (hyper's own), so a client that connects and sends nothing, or half
+//!   a request, is dropped before it reaches auth;
+//! - an idle timeout: no byte either way for [`ApiConfig::idle_timeout`] closes the connection.
+//!   SSE streams write a keep-alive every [`ApiConfig::keepalive`], so they stay open;
+//! - a cap on open connections ([`ApiConfig::max_connections`]): at the cap the loop stops
+//!   accepting, says so once in the log, and further clients wait in the listen backlog
+//!   instead of exhausting file descriptors for everyone.
+//!
+//! [`ApiConfig::idle_timeout`]: crate::ApiConfig::idle_timeout
+//! [`ApiConfig::keepalive`]: crate::ApiConfig::keepalive
+//! [`ApiConfig::max_connections`]: crate::ApiConfig::max_connections
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
+use crate::guard::MAX_HEADERS;
 use crate::{AppState, router};
 
-/// Serves lpcmon on `listener` until `shutdown` resolves, then ends every SSE stream so the
-/// graceful shutdown does not wait for open dashboards.
+/// How long shutdown waits for connections to finish their current response.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How long the loop pauses after a failed accept (e.g. EMFILE), so it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves lpcmon on `listener` until `shutdown` resolves, then ends every SSE stream and
+/// closes connections once their current response is written.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Events are small writes that must leave at once: without TCP_NODELAY, Nagle and delayed
-    // ACKs held SSE frames back by up to ~40 ms (measured by the pipeline bench).
-    let listener = listener.tap_io(|tcp| {
+) -> io::Result<()> {
+    let config = state.config();
+    let limits = Limits {
+        header_read: config.header_read_timeout,
+        idle: config.idle_timeout,
+    };
+    let max_connections = config.max_connections.max(1);
+    let app = router(state.clone());
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let (closing_tx, closing) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    // Whether the loop is at the cap: logged once on the way in and once on the way out, not
+    // once per client in a flood.
+    let mut capped = false;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                if std::mem::take(&mut capped) {
+                    tracing::info!(max_connections, "HTTP connections below the limit again");
+                }
+                permit
+            }
+            Err(_) => {
+                if !std::mem::replace(&mut capped, true) {
+                    tracing::warn!(
+                        max_connections,
+                        "HTTP connection limit reached: new clients wait in the listen backlog \
+                         until a connection closes (--max-http-connections)"
+                    );
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Events are small writes that must leave at once: without TCP_NODELAY, Nagle and
+        // delayed ACKs held SSE frames back by up to ~40 ms (measured by the pipeline bench).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    let streams = state.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            streams.close_streams();
-        })
+        connections.spawn(serve_connection(
+            tcp,
+            app.clone(),
+            limits,
+            closing.clone(),
+            permit,
+        ));
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    state.close_streams();
+    closing_tx.send_replace(true);
+    if tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} })
         .await
+        .is_err()
+    {
+        tracing::debug!(
+            left = connections.len(),
+            "closing connections still busy after the drain"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    app: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        inner: tcp,
+        activity: activity.clone(),
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        // Room beyond the guard's limit, so the guard answers (in JSON) before hyper does.
+        .max_headers(MAX_HEADERS * 2);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let mut check = tokio::time::interval((limits.idle / 4).max(Duration::from_millis(50)));
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.changed(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = check.tick() => {
+                if activity.idle() >= limits.idle {
+                    tracing::debug!(idle = ?limits.idle, "closing an idle HTTP connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, as milliseconds since it was accepted.
+#[derive(Clone)]
+struct Activity {
+    since: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            since: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A TCP stream that records every read or write of at least one byte.
+struct Watched {
+    inner: TcpStream,
+    activity: Activity,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -17,17 +17,24 @@ use crate::timefmt::rfc3339_ns;
 mod saved;
 pub use saved::{SavedRecord, producer_kind};
 
-const REFUSE_REASONS: [RefuseReason; 6] = [
+const REFUSE_REASONS: [RefuseReason; 7] = [
     RefuseReason::UnsupportedVersion,
     RefuseReason::Unauthorised,
     RefuseReason::Malformed,
     RefuseReason::TooManyProducers,
     RefuseReason::AlreadyConnected,
     RefuseReason::ShuttingDown,
+    RefuseReason::HandshakeTimeout,
 ];
 
 /// Seconds over which `/stats` averages its rates.
 pub const RATE_WINDOW_SECONDS: u64 = 10;
+
+/// Every counter saturates at `u64::MAX` rather than wrapping: counts and byte sizes come from
+/// producers, and a hostile one could otherwise claim 2^63 twice and bring a total back to 0.
+fn saturating_add(counter: &mut u64, n: u64) {
+    *counter = counter.saturating_add(n);
+}
 
 fn zeroed<K: Ord>(keys: impl Iterator<Item = K>) -> BTreeMap<K, u64> {
     keys.map(|k| (k, 0)).collect()
@@ -50,7 +57,7 @@ impl RateWindow {
         if slot.0 != second {
             *slot = (second, 0);
         }
-        slot.1 += n;
+        slot.1 = slot.1.saturating_add(n);
     }
 
     /// The mean over the whole seconds before `now_second` (fewer right after start).
@@ -63,8 +70,7 @@ impl RateWindow {
             .slots
             .iter()
             .filter(|(s, _)| *s < now_second && *s >= now_second - window)
-            .map(|(_, n)| n)
-            .sum();
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
         sum as f64 / window as f64
     }
 }
@@ -209,7 +215,7 @@ impl Stats {
     /// The producer's entry, created on first sight; forgets the longest-idle (preferably
     /// disconnected) producer when the table is full, so it stays bounded.
     fn producer(&mut self, info: &Arc<ProducerInfo>, now_ns: u64) -> &mut ProducerStats {
-        self.ticks += 1;
+        saturating_add(&mut self.ticks, 1);
         let tick = self.ticks;
         if !self.producers.contains_key(&info.instance) && self.producers.len() >= self.max_producers {
             let victim = self
@@ -248,24 +254,27 @@ impl Stats {
 
     /// Counts a stored event of `kind`; `second` is seconds since start, for the rate.
     pub fn on_stored(&mut self, kind: Kind, second: u64) {
-        *self.events_by_kind.entry(kind.name()).or_default() += 1;
+        saturating_add(self.events_by_kind.entry(kind.name()).or_default(), 1);
         self.stored_rate.add(second, 1);
     }
 
     pub fn on_event(&mut self, info: &Arc<ProducerInfo>, seq: u64, bytes: usize, now_ns: u64) {
         let p = self.producer(info, now_ns);
-        p.events += 1;
-        p.bytes += bytes as u64;
+        saturating_add(&mut p.events, 1);
+        saturating_add(&mut p.bytes, bytes as u64);
         p.last_seq = Some(p.last_seq.map_or(seq, |s| s.max(seq)));
         let totals = self.by_producer_kind.entry(info.kind.name()).or_default();
-        totals.events += 1;
-        totals.bytes += bytes as u64;
+        saturating_add(&mut totals.events, 1);
+        saturating_add(&mut totals.bytes, bytes as u64);
     }
 
     pub fn on_loss(&mut self, info: &Arc<ProducerInfo>, loss: &Loss, second: u64, now_ns: u64) {
         let p = self.producer(info, now_ns);
-        *p.losses.entry(loss.stage.name()).or_default() += loss.count;
-        *self.losses_by_stage.entry(loss.stage.name()).or_default() += loss.count;
+        saturating_add(p.losses.entry(loss.stage.name()).or_default(), loss.count);
+        saturating_add(
+            self.losses_by_stage.entry(loss.stage.name()).or_default(),
+            loss.count,
+        );
         self.lost_rate.add(second, loss.count);
     }
 
@@ -277,11 +286,9 @@ impl Stats {
         p.connected_since_ns = now_ns;
         p.disconnected_at_ns = None;
         p.disconnect_reason = None;
-        p.connections += 1;
-        self.by_producer_kind
-            .entry(info.kind.name())
-            .or_default()
-            .connections += 1;
+        saturating_add(&mut p.connections, 1);
+        let totals = self.by_producer_kind.entry(info.kind.name()).or_default();
+        saturating_add(&mut totals.connections, 1);
     }
 
     pub fn on_disconnect(&mut self, info: &Arc<ProducerInfo>, reason: &'static str, now_ns: u64) {
@@ -293,35 +300,35 @@ impl Stats {
 
     pub fn on_heartbeat(&mut self, info: &Arc<ProducerInfo>, heartbeat: &Heartbeat, now_ns: u64) {
         let p = self.producer(info, now_ns);
-        p.heartbeats += 1;
+        saturating_add(&mut p.heartbeats, 1);
         p.last_heartbeat = Some((*heartbeat, now_ns));
-        self.heartbeats += 1;
+        saturating_add(&mut self.heartbeats, 1);
     }
 
     pub fn on_stale(&mut self, info: &Arc<ProducerInfo>, duplicate: bool, now_ns: u64) {
         let p = self.producer(info, now_ns);
         if duplicate {
-            p.duplicates += 1;
-            self.duplicates += 1;
+            saturating_add(&mut p.duplicates, 1);
+            saturating_add(&mut self.duplicates, 1);
         } else {
-            p.stale += 1;
-            self.stale += 1;
+            saturating_add(&mut p.stale, 1);
+            saturating_add(&mut self.stale, 1);
         }
     }
 
     pub fn on_malformed(&mut self, info: Option<&Arc<ProducerInfo>>, now_ns: u64) {
         if let Some(info) = info {
-            self.producer(info, now_ns).malformed += 1;
+            saturating_add(&mut self.producer(info, now_ns).malformed, 1);
         }
-        self.malformed += 1;
+        saturating_add(&mut self.malformed, 1);
     }
 
     pub fn on_refused(&mut self, reason: RefuseReason) {
-        *self.refused.entry(reason.name()).or_default() += 1;
+        saturating_add(self.refused.entry(reason.name()).or_default(), 1);
     }
 
     pub fn on_encode_error(&mut self) {
-        self.encode_errors += 1;
+        saturating_add(&mut self.encode_errors, 1);
     }
 
     /// Everything, as of `second` seconds since start.
@@ -330,7 +337,10 @@ impl Stats {
         producers.sort_by_key(|p| (p.connected_since_ns, p.info.instance));
         let mut by_producer_kind = self.by_producer_kind.clone();
         for p in producers.iter().filter(|p| p.connected) {
-            by_producer_kind.entry(p.info.kind.name()).or_default().connected += 1;
+            saturating_add(
+                &mut by_producer_kind.entry(p.info.kind.name()).or_default().connected,
+                1,
+            );
         }
         Counters {
             producers: producers.into_iter().map(producer_report).collect(),
@@ -432,5 +442,27 @@ mod tests {
         assert_eq!(kept, ["01", "03"]);
         assert_eq!(r.by_producer_kind["loadgen"].connections, 3);
         assert_eq!(r.by_producer_kind["loadgen"].connected, 2);
+    }
+
+    /// Finding 6: two producers each reporting a loss of 2^63 saturate the totals instead of
+    /// wrapping them back to 0.
+    #[test]
+    fn loss_counters_saturate() {
+        let mut s = Stats::new(8);
+        let loss = Loss {
+            stage: LossStage::ProducerQueue,
+            count: 1 << 63,
+            first_seq: 0,
+            last_seq: 0,
+            total: 1 << 63,
+        };
+        s.on_loss(&info(1), &loss, 1, 1);
+        s.on_loss(&info(2), &loss, 1, 1);
+        s.on_loss(&info(2), &loss, 1, 1);
+        let r = s.report(2);
+        assert_eq!(r.losses_by_stage["producer_queue"], u64::MAX);
+        assert_eq!(r.producers[1].counters.losses["producer_queue"], u64::MAX);
+        // The rate window holds second 1 of a 2-second window: saturated, then halved.
+        assert_eq!(s.lost_rate.per_second(2), u64::MAX as f64 / 2.0);
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lpcmon_protocol::server::ProducerInfo;
+use serde_json::value::RawValue;
 
 use crate::kind::Kind;
 
@@ -26,14 +27,16 @@ pub struct StoredEvent {
     pub producer: Arc<ProducerInfo>,
     /// Lowercased executable, command line and image path joined by `\n`, for `q`.
     pub search: Arc<str>,
-    pub json: Arc<str>,
+    /// The event JSON, serialised once at ingest and embedded as it is in every reply; shared
+    /// with the database writer, which stores the same text.
+    pub json: Arc<RawValue>,
 }
 
 impl StoredEvent {
     /// What the event costs against `retain_bytes`: its JSON, its search text and the slot.
     /// The `ProducerInfo` is shared by all of a session's events and is not counted per event.
     pub fn cost(&self) -> usize {
-        self.json.len() + self.search.len() + size_of::<Self>() + size_of::<Arc<Self>>()
+        self.json.get().len() + self.search.len() + size_of::<Self>() + size_of::<Arc<Self>>()
     }
 }
 
@@ -176,7 +179,8 @@ mod tests {
             pid: None,
             producer: producer(),
             search: "".into(),
-            json: "x".repeat(json_len).into(),
+            // A JSON number of exactly `json_len` digits.
+            json: RawValue::from_string("1".repeat(json_len)).unwrap().into(),
         })
     }
 

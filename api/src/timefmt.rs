@@ -1,9 +1,20 @@
-//! RFC 3339 timestamps with nanosecond precision, as every time in the event JSON is written.
+//! RFC 3339 timestamps with nanosecond precision, as every time in the event JSON is written:
+//! UTC, nine fractional digits, `Z` (`2026-11-22T10:00:00.123456789Z`).
 //!
-//! Hand-written because it is one small, well-known calculation (Howard Hinnant's
-//! `civil_from_days`), and the event JSON wants exactly one form: UTC, nine fractional digits, `Z`.
+//! The `time` crate does the calendar. A hand-written formatter (Hinnant's `civil_from_days`)
+//! was measured against it on this path, which runs twice per stored event, and was not faster
+//! (both about 0.4–0.9 µs a call including the `String`, within the machine's noise), so the
+//! crate made for the job writes them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+/// The one form: RFC 3339 with exactly nine fractional digits, always in UTC.
+const FORMAT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
 /// Nanoseconds since the Unix epoch by the wall clock. A clock set before 1970 reads as 0.
 pub fn now_ns() -> u64 {
@@ -15,37 +26,18 @@ pub fn now_ns() -> u64 {
 
 /// Formats nanoseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
 pub fn rfc3339_ns(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let nanos = ns % 1_000_000_000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a 400-year era.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    // Every u64 of nanoseconds (up to the year 2554) is inside `time`'s range, and the format
+    // has no component a valid instant could fail to fill, so neither step can fail.
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| unreachable!("{ns} ns since the epoch is a formattable instant"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use time::format_description::well_known::Rfc3339;
 
     #[test]
     fn formats_known_instants() {
@@ -67,5 +59,13 @@ mod tests {
     #[test]
     fn largest_input_does_not_panic() {
         assert!(rfc3339_ns(u64::MAX).starts_with("2554-07-21T23:34:33"));
+    }
+
+    #[test]
+    fn output_parses_back_as_rfc3339() {
+        for ns in [0, 1, 1_700_000_000_123_456_789, u64::MAX] {
+            let parsed = OffsetDateTime::parse(&rfc3339_ns(ns), &Rfc3339).unwrap();
+            assert_eq!(parsed.unix_timestamp_nanos(), i128::from(ns));
+        }
     }
 }

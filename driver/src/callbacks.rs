@@ -1,7 +1,7 @@
 //! The kernel callbacks: read the kernel's values, hand them to `Shared::record`. They never
 //! block, never allocate and never touch the port; a full queue is counted by the queue.
 //!
-//! Contexts (WDK documentation, LPC.md):
+//! Contexts (WDK documentation; docs/windows.md, "The driver and the kernel"):
 //! - process notify: PASSIVE_LEVEL, in the creating (or exiting) thread, in a critical region;
 //! - thread notify: PASSIVE_LEVEL or APC_LEVEL, in the new or exiting thread;
 //! - image notify: PASSIVE_LEVEL, in the thread mapping the image, in a critical region.

@@ -1,20 +1,25 @@
 //! Declarations the WDK headers do not give us, and the routines found at run time.
 //!
 //! wdk-sys binds `ntifs.h`, `ntddk.h` and `ntstrsafe.h` only, which declare no port function
-//! and no `PORT_MESSAGE`. The prototypes here follow `shared/reference/LPC.md` (phnt
-//! `ntlpcapi.h`); `PORT_MESSAGE` is the protocol crate's [`PortMessage`], whose x64 layout is
-//! checked at compile time there. Only the NT 5.2 export set is linked (`ZwConnectPort`,
-//! `ZwSecureConnectPort`, `ZwRequestWaitReplyPort`); `ZwRequestPort`, `ZwAlpcConnectPort` and
-//! the newer process-notify registrations are looked up with `MmGetSystemRoutineAddress`, so
-//! the driver loads (and degrades) where one is missing.
+//! and no `PORT_MESSAGE`. The prototypes here follow phnt's `ntlpcapi.h` (docs/windows.md,
+//! "Prototypes"); `PORT_MESSAGE`, `ALPC_PORT_ATTRIBUTES` and the QoS are `lpcmon_nt`'s, whose
+//! x64 layouts are checked at compile time there (and against ntapi's in alpc-server).
+//!
+//! The port calls, `ZwAlpcConnectPort` and `ZwAlpcSendWaitReceivePort`, are looked up with
+//! `MmGetSystemRoutineAddress`, as are the newer process-notify registrations; a missing
+//! optional routine degrades the driver, a missing port routine stops DriverEntry with a log
+//! naming it. The driver imports `ExAllocatePool2`, so it loads only on Windows 10 2004 and
+//! later, which export both port routines: the legacy `ZwConnectPort` /
+//! `ZwSecureConnectPort` / `ZwRequestWaitReplyPort` fallbacks could never run and are gone.
 //!
 //! Only `Zw*` forms are called: from a kernel thread they set PreviousMode to KernelMode, so
-//! the kernel does not probe our kernel buffers as if they were user memory (LPC.md).
+//! the kernel does not probe our kernel buffers as if they were user memory.
 
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 
-use lpcmon_protocol::PortMessage;
+use lpcmon_nt::PortMessage;
+use lpcmon_nt::alpc::AlpcPortAttributes;
 use wdk_sys::ntddk::MmGetSystemRoutineAddress;
 use wdk_sys::{BOOLEAN, HANDLE, LARGE_INTEGER, NTSTATUS, OBJECT_ATTRIBUTES, PEPROCESS, UNICODE_STRING};
 
@@ -29,55 +34,11 @@ pub const KEY_READ: u32 = 0x0002_0019;
 pub const OBJ_CASE_INSENSITIVE: u32 = 0x0000_0040;
 pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
 
-/// `ALPC_MSGFLG_SYNC_REQUEST`: the connect waits for the server's answer and returns its
-/// message (our HelloReply) in the connection message buffer.
-pub const ALPC_MSGFLG_SYNC_REQUEST: u32 = 0x0002_0000;
 /// `PsCreateProcessNotifySubsystems`: the Ex2 registration that also reports subsystem
 /// (e.g. WSL pico) processes.
 pub const PS_CREATE_PROCESS_NOTIFY_SUBSYSTEMS: i32 = 0;
 /// `IMAGE_INFO.SystemModeImage`: bit 8 of `Properties`, after the 8-bit ImageAddressingMode.
 pub const IMAGE_INFO_SYSTEM_MODE_IMAGE: u32 = 1 << 8;
-/// `SecurityIdentification`: the server may learn who we are, not act as SYSTEM.
-const SECURITY_IDENTIFICATION: i32 = 1;
-/// `SECURITY_STATIC_TRACKING`.
-const SECURITY_STATIC_TRACKING: u8 = 0;
-
-/// `SECURITY_QUALITY_OF_SERVICE` (winnt.h): 12 bytes.
-#[repr(C)]
-pub struct SecurityQos {
-    pub length: u32,
-    pub impersonation_level: i32,
-    pub context_tracking_mode: u8,
-    pub effective_only: BOOLEAN,
-}
-
-impl SecurityQos {
-    /// What the driver offers a server: identification only, statically captured.
-    pub const fn identification() -> Self {
-        SecurityQos {
-            length: size_of::<SecurityQos>() as u32,
-            impersonation_level: SECURITY_IDENTIFICATION,
-            context_tracking_mode: SECURITY_STATIC_TRACKING,
-            effective_only: FALSE,
-        }
-    }
-}
-
-/// `ALPC_PORT_ATTRIBUTES`, x64: 72 bytes (LPC.md).
-#[repr(C)]
-pub struct AlpcPortAttributes {
-    pub flags: u32,
-    pub security_qos: SecurityQos,
-    pub max_message_length: usize,
-    pub memory_bandwidth: usize,
-    pub max_pool_usage: usize,
-    pub max_section_size: usize,
-    pub max_view_size: usize,
-    pub max_total_section_size: usize,
-    pub dup_object_types: u32,
-    pub reserved: u32,
-}
-
 /// `CLIENT_ID`.
 #[repr(C)]
 pub struct ClientId {
@@ -124,27 +85,8 @@ pub struct OsVersionInfo {
 #[repr(C, align(4))]
 pub struct Uuid(pub [u8; 16]);
 
-/// S-1-5-18, LocalSystem: revision 1, one subauthority, authority NT (5), subauthority 18.
-#[repr(C, align(4))]
-pub struct Sid([u8; 12]);
-
-pub static LOCAL_SYSTEM_SID: Sid = Sid([1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0]);
-
-impl Sid {
-    /// The `PSID` the connect calls take; they only read it.
-    pub fn as_psid(&'static self) -> *mut c_void {
-        core::ptr::from_ref(self).cast_mut().cast()
-    }
-}
-
-// The x64 layouts in LPC.md and the WDK headers, checked at compile time.
+// The x64 layouts of the WDK headers (ntddk.h, wdm.h), checked at compile time.
 const _: () = {
-    assert!(size_of::<SecurityQos>() == 12);
-    assert!(size_of::<AlpcPortAttributes>() == 72);
-    assert!(offset_of!(AlpcPortAttributes, security_qos) == 4);
-    assert!(offset_of!(AlpcPortAttributes, max_message_length) == 16);
-    assert!(offset_of!(AlpcPortAttributes, max_total_section_size) == 56);
-    assert!(offset_of!(AlpcPortAttributes, dup_object_types) == 64);
     assert!(offset_of!(PsCreateNotifyInfo, flags) == 8);
     assert!(offset_of!(PsCreateNotifyInfo, parent_process_id) == 16);
     assert!(offset_of!(PsCreateNotifyInfo, creating_thread_id) == 24);
@@ -167,7 +109,18 @@ pub type PsSetCreateProcessNotifyRoutineExFn =
     unsafe extern "system" fn(routine: CreateProcessNotifyEx, remove: BOOLEAN) -> NTSTATUS;
 pub type PsGetProcessExitStatusFn = unsafe extern "system" fn(process: PEPROCESS) -> NTSTATUS;
 pub type KeQuerySystemTimePreciseFn = unsafe extern "system" fn(current_time: *mut LARGE_INTEGER);
-pub type ZwRequestPortFn = unsafe extern "system" fn(port: HANDLE, message: *mut PortMessage) -> NTSTATUS;
+/// `ZwAlpcSendWaitReceivePort` (phnt `NtAlpcSendWaitReceivePort`): `flags` is a
+/// `lpcmon_nt::alpc::SendKind`'s; `buffer_length` is a `PSIZE_T`.
+pub type ZwAlpcSendWaitReceivePortFn = unsafe extern "system" fn(
+    port: HANDLE,
+    flags: u32,
+    send_message: *mut PortMessage,
+    send_message_attributes: *mut c_void,
+    receive_message: *mut PortMessage,
+    buffer_length: *mut usize,
+    receive_message_attributes: *mut c_void,
+    timeout: *mut LARGE_INTEGER,
+) -> NTSTATUS;
 pub type ZwAlpcConnectPortFn = unsafe extern "system" fn(
     port: *mut HANDLE,
     port_name: *mut UNICODE_STRING,
@@ -184,38 +137,6 @@ pub type ZwAlpcConnectPortFn = unsafe extern "system" fn(
 
 #[link(name = "ntoskrnl")]
 unsafe extern "system" {
-    /// No timeout: it returns when the server accepts or refuses, or when its port goes away.
-    pub fn ZwConnectPort(
-        port: *mut HANDLE,
-        port_name: *mut UNICODE_STRING,
-        security_qos: *mut SecurityQos,
-        client_view: *mut c_void,
-        server_view: *mut c_void,
-        max_message_length: *mut u32,
-        connection_information: *mut c_void,
-        connection_information_length: *mut u32,
-    ) -> NTSTATUS;
-
-    /// `ZwConnectPort` that fails with STATUS_SERVER_SID_MISMATCH unless the server runs as
-    /// `required_server_sid`. Also no timeout.
-    pub fn ZwSecureConnectPort(
-        port: *mut HANDLE,
-        port_name: *mut UNICODE_STRING,
-        security_qos: *mut SecurityQos,
-        client_view: *mut c_void,
-        required_server_sid: *mut c_void,
-        server_view: *mut c_void,
-        max_message_length: *mut u32,
-        connection_information: *mut c_void,
-        connection_information_length: *mut u32,
-    ) -> NTSTATUS;
-
-    pub fn ZwRequestWaitReplyPort(
-        port: HANDLE,
-        request: *mut PortMessage,
-        reply: *mut PortMessage,
-    ) -> NTSTATUS;
-
     pub fn ExUuidCreate(uuid: *mut Uuid) -> NTSTATUS;
 
     pub fn RtlGetVersion(info: *mut OsVersionInfo) -> NTSTATUS;
@@ -266,28 +187,33 @@ macro_rules! resolve {
             None
         } else {
             // SAFETY: a non-null address MmGetSystemRoutineAddress returned for this exported
-            // name is that routine's entry point; `$ty` is its prototype (LPC.md, WDK headers),
+            // name is that routine's entry point; `$ty` is its prototype (phnt, WDK headers),
             // and function pointers and `PVOID` have the same size.
             Some(unsafe { core::mem::transmute::<*mut c_void, $ty>(address) })
         }
     }};
 }
 
-/// The exports the driver uses when present and does without when not.
+/// The exports found at run time: the port routines the driver needs, and the ones it uses
+/// when present and does without when not.
 #[derive(Clone, Copy)]
 pub struct Routines {
+    pub alpc_connect_port: ZwAlpcConnectPortFn,
+    pub alpc_send_wait_receive: ZwAlpcSendWaitReceivePortFn,
     pub set_process_notify_ex2: Option<PsSetCreateProcessNotifyRoutineEx2Fn>,
     pub set_process_notify_ex: Option<PsSetCreateProcessNotifyRoutineExFn>,
     pub process_exit_status: Option<PsGetProcessExitStatusFn>,
     pub system_time_precise: Option<KeQuerySystemTimePreciseFn>,
-    pub request_port: Option<ZwRequestPortFn>,
-    pub alpc_connect_port: Option<ZwAlpcConnectPortFn>,
 }
 
 impl Routines {
-    /// PASSIVE_LEVEL (DriverEntry).
-    pub fn resolve() -> Routines {
-        Routines {
+    /// PASSIVE_LEVEL (DriverEntry). Fails with the name of a missing port routine.
+    pub fn resolve() -> Result<Routines, &'static str> {
+        Ok(Routines {
+            alpc_connect_port: resolve!("ZwAlpcConnectPort" as ZwAlpcConnectPortFn)
+                .ok_or("ZwAlpcConnectPort")?,
+            alpc_send_wait_receive: resolve!("ZwAlpcSendWaitReceivePort" as ZwAlpcSendWaitReceivePortFn)
+                .ok_or("ZwAlpcSendWaitReceivePort")?,
             set_process_notify_ex2: resolve!(
                 "PsSetCreateProcessNotifyRoutineEx2" as PsSetCreateProcessNotifyRoutineEx2Fn
             ),
@@ -296,9 +222,7 @@ impl Routines {
             ),
             process_exit_status: resolve!("PsGetProcessExitStatus" as PsGetProcessExitStatusFn),
             system_time_precise: resolve!("KeQuerySystemTimePrecise" as KeQuerySystemTimePreciseFn),
-            request_port: resolve!("ZwRequestPort" as ZwRequestPortFn),
-            alpc_connect_port: resolve!("ZwAlpcConnectPort" as ZwAlpcConnectPortFn),
-        }
+        })
     }
 }
 

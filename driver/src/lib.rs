@@ -1,4 +1,4 @@
-//! lpcmon-driver: lpcmon's Windows kernel producer (DESIGN.md §1, §7).
+//! lpcmon-driver: lpcmon's Windows kernel producer (docs/design.md, docs/windows.md).
 //!
 //! A thin shell over `lpcmon_protocol`. Kernel callbacks for process creation and exit, thread
 //! creation and exit, and image loads copy what the kernel tells them into a preallocated,
@@ -26,7 +26,9 @@ use core::cell::UnsafeCell;
 use wdk::println;
 #[cfg(not(test))]
 use wdk_alloc::WdkAllocator;
-use wdk_sys::{DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, PETHREAD, STATUS_SUCCESS};
+use wdk_sys::{
+    DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING, PDRIVER_OBJECT, PETHREAD, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
+};
 
 mod callbacks;
 mod ffi;
@@ -77,12 +79,13 @@ pub unsafe extern "system" fn driver_entry(
             r.value, r.reason
         );
     }
-    let routines = ffi::Routines::resolve();
-    if routines.alpc_connect_port.is_none() {
-        println!(
-            "lpcmon: ZwAlpcConnectPort not exported; connecting with ZwConnectPort, which has no timeout"
-        );
-    }
+    let routines = match ffi::Routines::resolve() {
+        Ok(routines) => routines,
+        Err(missing) => {
+            println!("lpcmon: {missing} is not exported by this kernel; not loading");
+            return STATUS_NOT_SUPPORTED;
+        }
+    };
     let shared = match Shared::create(params, routines) {
         Ok(shared) => shared,
         Err(status) => return status,
@@ -122,7 +125,7 @@ pub unsafe extern "system" fn driver_entry(
     unsafe { (*driver).DriverUnload = Some(driver_unload) };
     println!(
         "lpcmon: loaded; port {}, queue {} slots, event mask {:#x}, secure connect {}",
-        PortNameDisplay(shared.params.port_name.units()),
+        shared.params.port_name,
         shared.params.queue_capacity,
         shared.params.filter.mask.0,
         shared.params.secure_connect
@@ -130,7 +133,7 @@ pub unsafe extern "system" fn driver_entry(
     STATUS_SUCCESS
 }
 
-/// DriverUnload, in DESIGN §7 order: unregister the callbacks, stop and join the worker (which
+/// DriverUnload, in the order docs/windows.md ("Unload") gives: unregister the callbacks, stop and join the worker (which
 /// closes its port as it exits), free the queue. PASSIVE_LEVEL, System thread.
 unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // SAFETY: DriverUnload runs once, after DriverEntry succeeded; nothing else uses LOADED.
@@ -149,16 +152,4 @@ unsafe extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
     // to the shared state any more.
     unsafe { Shared::destroy(loaded.shared) };
     println!("lpcmon: unloaded");
-}
-
-/// Shows a port name (ASCII in practice) in a log line without allocating.
-struct PortNameDisplay<'a>(&'a [u16]);
-
-impl core::fmt::Display for PortNameDisplay<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        for c in char::decode_utf16(self.0.iter().copied()) {
-            core::fmt::Write::write_char(f, c.unwrap_or(char::REPLACEMENT_CHARACTER))?;
-        }
-        Ok(())
-    }
 }

@@ -4,10 +4,11 @@
 
 use core::ptr;
 
+use lpcmon_nt::port_name::PORT_NAME_MAX_UNITS;
+use lpcmon_nt::status;
 use lpcmon_protocol::kernel_events::{
-    PARAMETERS_KEY, PORT_NAME_MAX_UNITS, Parameters, RawParameters, RegistryValue, Rejections,
-    VALUE_EVENT_MASK, VALUE_PORT_NAME, VALUE_QUEUE_CAPACITY, VALUE_STRING_CAP, VALUE_USE_SECURE_CONNECT,
-    status,
+    PARAMETERS_KEY, Parameters, RawParameters, RegistryValue, Rejections, VALUE_EVENT_MASK, VALUE_PORT_NAME,
+    VALUE_QUEUE_CAPACITY, VALUE_STRING_CAP, VALUE_USE_SECURE_CONNECT,
 };
 use wdk::println;
 use wdk_sys::_KEY_VALUE_INFORMATION_CLASS::KeyValuePartialInformation;

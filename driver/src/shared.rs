@@ -35,10 +35,8 @@ pub struct WorkerBuffers {
     pub message: [u8; MAX_MESSAGE],
     /// The same message behind its `PORT_MESSAGE` header; also the ALPC connection message.
     pub frame: Frame,
-    /// The reply `ZwRequestWaitReplyPort` writes (only without `ZwRequestPort`).
+    /// The server's reply to a flow-control request.
     pub reply: Frame,
-    /// `ConnectionInformation` of a legacy connect: the Hello out, the HelloReply back.
-    pub connection_info: [u8; lpcmon_protocol::port_message::LPC_MAX_CONNECTION_INFO],
 }
 
 pub struct Shared {

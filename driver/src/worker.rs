@@ -1,38 +1,42 @@
 //! The system worker thread: `producer::run` with the kernel's port calls as its I/O.
 //!
 //! It runs in the System process (`PsCreateSystemThread` with a NULL process handle), so the
-//! server sees `ClientId.UniqueProcess == 4` (DESIGN §3 invariant 4) and the port handle lives
+//! server sees `ClientId.UniqueProcess == 4` (docs/design.md; docs/windows.md, "Security") and the port handle lives
 //! in the System handle table, never in whichever process a callback interrupted.
 //!
-//! # Bounding a stop: ZwConnectPort has no timeout
+//! # Bounding a stop
 //!
 //! DriverUnload waits for this thread, and a thread blocked in a port call cannot be
-//! interrupted from outside. So every port call must return by itself:
-//! - connect: `ZwAlpcConnectPort` is preferred and passed the worker's connect timeout
-//!   (2 s). It is exported by every Windows the driver loads on (ExAllocatePool2 already needs
-//!   Windows 10 2004), so this is the normal path, and a stop ends within
+//! interrupted from outside. So every port call returns by itself:
+//! - connect: `ZwAlpcConnectPort` with the worker's connect timeout (2 s). A stop ends within
 //!   2 × connect timeout + STOP_GRACE_NS (6 s): the connect in progress, the grace, and one
 //!   more connect started just before the grace ends. `protocol/tests/driver_sim.rs` checks it.
-//! - Only if `ZwAlpcConnectPort` is not found does the driver use `ZwSecureConnectPort` /
-//!   `ZwConnectPort`, which have **no timeout**. An absent server still fails fast
-//!   (STATUS_OBJECT_NAME_NOT_FOUND: the name does not exist). A server that exists but never
-//!   answers keeps the call (and so DriverUnload) waiting until the server accepts, refuses, or
-//!   its connection port is closed (the server process stops or dies, which fails the pending
-//!   connect). Nothing in the driver can shorten that; DriverUnload logs every 5 s while it
-//!   waits, and stopping the lpcmon service releases it.
-//! - send: `ZwRequestPort` posts a datagram and does not wait for the server. Only without it
-//!   does the driver fall back to `ZwRequestWaitReplyPort`, which waits for the server's reply
-//!   with no timeout; the same server-lifetime bound applies.
-//! - wait: `KeWaitForMultipleObjects` on the queue signal and the stop event, with a timeout,
-//!   capped at the stop deadline once a stop is seen.
+//! - send: `ZwAlpcSendWaitReceivePort`. A datagram (`SendKind::Datagram`) is queued and the
+//!   call returns; every `FLOW_WINDOW`-th message is a request (`SendKind::Request`) that waits
+//!   at most `FLOW_PROBE_TIMEOUT_NS` (1 s) for the server's reply.
+//! - wait: `KeWaitForMultipleObjects` on the queue signal and the stop event, until the time
+//!   the protocol worker names (`producer::Step::Wait`), which it caps at the stop deadline.
+//!
+//! # Flow control
+//!
+//! The kernel does not appear to bound the datagrams queued at a server that has stopped
+//! receiving. `kernel_events::FlowControl` does: a request every window proves the server
+//! drained what came before; when one goes unanswered, nothing more is queued on that
+//! connection, and the events that cannot be sent are counted as `producer_send` loss
+//! (docs/windows.md, "Flow control").
 
 use core::ffi::c_void;
 use core::ptr;
 
-use lpcmon_protocol::kernel_events::{self, MAX_FRAME, STOP_GRACE_NS, frame_message, relative_timeout};
-use lpcmon_protocol::port_message::LPC_MAX_CONNECTION_INFO;
+use lpcmon_nt::alpc::{ALPC_SYNC_CONNECTION, AlpcPortAttributes};
+use lpcmon_nt::security::LOCAL_SYSTEM_SID;
+use lpcmon_nt::timeout::relative_ns as relative_timeout;
+use lpcmon_nt::{PortMessage, status};
+use lpcmon_protocol::RefuseReason;
+use lpcmon_protocol::kernel_events::{
+    self, FLOW_PROBE_TIMEOUT_NS, FLOW_WINDOW, FlowControl, MAX_FRAME, STOP_GRACE_NS, frame_message,
+};
 use lpcmon_protocol::producer::{self, ConnectFailure, ProducerIo, Worker};
-use lpcmon_protocol::{PortMessage, RefuseReason};
 use wdk::println;
 use wdk_sys::_KWAIT_REASON::Executive;
 use wdk_sys::_MODE::KernelMode;
@@ -46,8 +50,7 @@ use wdk_sys::{
 };
 
 use crate::ffi::{
-    self, ALPC_MSGFLG_SYNC_REQUEST, AlpcPortAttributes, FALSE, LOCAL_SYSTEM_SID, OBJ_KERNEL_HANDLE,
-    OsVersionInfo, SYNCHRONIZE, SecurityQos, THREAD_ALL_ACCESS, Uuid, ZwAlpcConnectPortFn, object_attributes,
+    self, FALSE, OBJ_KERNEL_HANDLE, OsVersionInfo, SYNCHRONIZE, THREAD_ALL_ACCESS, Uuid, object_attributes,
     unicode,
 };
 use crate::shared::{Shared, WorkerBuffers};
@@ -177,24 +180,21 @@ unsafe extern "C" fn worker_main(context: PVOID) {
         message,
         frame,
         reply,
-        connection_info,
     } = buffers;
     let mut io = KernelIo {
         shared,
         frame: &mut frame.0,
         reply: &mut reply.0,
-        connection_info,
         port: ptr::null_mut(),
-        max_total: 0,
-        stop_deadline: None,
-        last_now: 0,
+        flow: FlowControl::new(FLOW_WINDOW),
+        stop_seen: false,
         last_error: STATUS_SUCCESS,
     };
     let config = kernel_events::worker_config(instance_id(), os_build());
     let now = io.now();
     let mut worker = Worker::new(config, event, now);
     let stats = producer::run(&mut worker, &shared.queue, &mut io, message, STOP_GRACE_NS);
-    // DESIGN §7, "close the port": done here, by the handle's owner, before the thread exits
+    // docs/windows.md, "Unload": the port is closed here, by the handle's owner, before the thread exits
     // and so before DriverUnload's join returns.
     io.disconnect();
     println!(
@@ -213,14 +213,15 @@ struct KernelIo<'a> {
     shared: &'a Shared,
     frame: &'a mut [u8; MAX_FRAME],
     reply: &'a mut [u8; MAX_FRAME],
-    connection_info: &'a mut [u8; LPC_MAX_CONNECTION_INFO],
     /// The connected port, or null.
     port: HANDLE,
-    /// The port's `MaxMessageLength` (header included).
-    max_total: usize,
-    /// Once a stop is seen: when the worker must be done. Waits never pass it.
-    stop_deadline: Option<u64>,
-    last_now: u64,
+    /// Datagram or request for each send (`kernel_events::FlowControl`, which the simulation
+    /// runs too).
+    flow: FlowControl,
+    /// Whether the worker has been told about the stop: from then on the stop event, which
+    /// stays set, is left out of waits. The deadline itself is the worker's to keep
+    /// (`producer::Wake::StopDeadline`).
+    stop_seen: bool,
     /// The last failure logged, so a server that stays down is logged once, not every retry.
     last_error: NTSTATUS,
 }
@@ -244,29 +245,15 @@ impl KernelIo<'_> {
 
     /// `ZwAlpcConnectPort` with a timeout. Returns the status and the reply's length in
     /// `frame` (as a frame).
-    fn connect_alpc(
-        &mut self,
-        connect: ZwAlpcConnectPortFn,
-        hello: &[u8],
-        timeout_ns: u64,
-    ) -> (NTSTATUS, usize) {
+    fn connect_alpc(&mut self, hello: &[u8], timeout_ns: u64) -> (NTSTATUS, usize) {
         let Some(len) = frame_message(hello, MAX_FRAME, self.frame) else {
-            return (wdk_sys::STATUS_INVALID_PARAMETER, 0);
+            return (status::INVALID_PARAMETER, 0);
         };
         let mut name = unicode(self.shared.params.port_name.units());
         let mut attributes = object_attributes(ptr::null_mut(), ptr::null_mut(), OBJ_KERNEL_HANDLE);
-        let mut port_attributes = AlpcPortAttributes {
-            flags: 0,
-            security_qos: SecurityQos::identification(),
-            max_message_length: MAX_FRAME,
-            memory_bandwidth: 0,
-            max_pool_usage: 0,
-            max_section_size: 0,
-            max_view_size: 0,
-            max_total_section_size: 0,
-            dup_object_types: 0,
-            reserved: 0,
-        };
+        // MaxPoolUsage 0: the client's own queue holds nothing but the replies to its
+        // flow-control requests; what it queues at the server is bounded by the flow control.
+        let mut port_attributes = AlpcPortAttributes::new(0, MAX_FRAME, 0);
         let sid = self.required_server_sid();
         let mut buffer_length: usize = self.frame.len();
         let mut timeout = LARGE_INTEGER {
@@ -274,18 +261,19 @@ impl KernelIo<'_> {
         };
         let mut handle: HANDLE = ptr::null_mut();
         debug_assert!(len <= buffer_length);
+        let connect = self.shared.routines.alpc_connect_port;
         // SAFETY: PASSIVE_LEVEL, System thread (a Zw call, so PreviousMode is KernelMode and our
         // buffers are not probed). Every pointer is to a local or to this thread's buffers,
         // alive for the call; `frame` is 8-aligned and holds the connection message; the SID is
-        // static. ALPC_MSGFLG_SYNC_REQUEST makes the server's answer come back in `frame`, at
-        // most `buffer_length` bytes. The call returns by `timeout` at the latest.
+        // static. ALPC_SYNC_CONNECTION makes the server's answer come back in `frame`, at most
+        // `buffer_length` bytes. The call returns by `timeout` at the latest.
         let st = unsafe {
             connect(
                 &mut handle,
                 &mut name,
                 &mut attributes,
                 &mut port_attributes,
-                ALPC_MSGFLG_SYNC_REQUEST,
+                ALPC_SYNC_CONNECTION,
                 sid,
                 self.frame.as_mut_ptr().cast::<PortMessage>(),
                 &mut buffer_length,
@@ -296,57 +284,6 @@ impl KernelIo<'_> {
         };
         self.adopt(st, handle);
         (st, buffer_length.min(MAX_FRAME))
-    }
-
-    /// `ZwSecureConnectPort` / `ZwConnectPort`: no timeout (module docs). Returns the status,
-    /// the reply's length in `connection_info`, and the port's `MaxMessageLength`.
-    fn connect_legacy(&mut self, hello: &[u8]) -> (NTSTATUS, usize, u32) {
-        let Some(info) = self.connection_info.get_mut(..hello.len()) else {
-            return (wdk_sys::STATUS_INVALID_PARAMETER, 0, 0);
-        };
-        info.copy_from_slice(hello);
-        // The kernel returns no more connection information than was sent; an Accept is always
-        // shorter than a Hello (checked in kernel_events' tests).
-        let mut info_len = hello.len() as u32;
-        let mut max_length = 0u32;
-        let mut name = unicode(self.shared.params.port_name.units());
-        let mut qos = SecurityQos::identification();
-        let mut handle: HANDLE = ptr::null_mut();
-        let info_ptr = self.connection_info.as_mut_ptr().cast::<c_void>();
-        let st = if self.shared.params.secure_connect {
-            // SAFETY: PASSIVE_LEVEL, System thread, Zw call (no probing). Pointers are to locals
-            // and this thread's buffers, alive for the call; the SID is static. Blocks until
-            // the server answers or its port goes away (module docs).
-            unsafe {
-                ffi::ZwSecureConnectPort(
-                    &mut handle,
-                    &mut name,
-                    &mut qos,
-                    ptr::null_mut(),
-                    LOCAL_SYSTEM_SID.as_psid(),
-                    ptr::null_mut(),
-                    &mut max_length,
-                    info_ptr,
-                    &mut info_len,
-                )
-            }
-        } else {
-            // SAFETY: as above, without the server SID check.
-            unsafe {
-                ffi::ZwConnectPort(
-                    &mut handle,
-                    &mut name,
-                    &mut qos,
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                    &mut max_length,
-                    info_ptr,
-                    &mut info_len,
-                )
-            }
-        };
-        self.adopt(st, handle);
-        (st, (info_len as usize).min(LPC_MAX_CONNECTION_INFO), max_length)
     }
 
     fn required_server_sid(&self) -> *mut c_void {
@@ -370,32 +307,18 @@ impl KernelIo<'_> {
 
 impl ProducerIo for KernelIo<'_> {
     fn now(&mut self) -> u64 {
-        self.last_now = ffi::interrupt_time_ns();
-        self.last_now
+        ffi::interrupt_time_ns()
     }
 
     fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure> {
         self.disconnect();
-        let (status, outcome, max_total) = match self.shared.routines.alpc_connect_port {
-            Some(connect) => {
-                let (st, len) = self.connect_alpc(connect, hello, timeout_ns);
-                let reply = kernel_events::frame_data(&self.frame[..len]);
-                (st, kernel_events::connect_outcome(st, reply, None), MAX_FRAME)
-            }
-            None => {
-                let (st, len, max_length) = self.connect_legacy(hello);
-                let reported = max_length as usize;
-                let reply = &self.connection_info[..len];
-                (
-                    st,
-                    kernel_events::connect_outcome(st, reply, Some(reported)),
-                    reported,
-                )
-            }
-        };
+        let (status, len) = self.connect_alpc(hello, timeout_ns);
+        // Read only on success: a refused connect copies nothing back (connect_outcome).
+        let reply = kernel_events::frame_data(&self.frame[..len]);
+        let outcome = kernel_events::connect_outcome(status, reply, None);
         match outcome.result {
             Ok(limit) => {
-                self.max_total = max_total;
+                self.flow.reset();
                 self.last_error = STATUS_SUCCESS;
                 println!("lpcmon: connected; messages up to {limit} bytes");
             }
@@ -403,7 +326,7 @@ impl ProducerIo for KernelIo<'_> {
                 self.disconnect();
                 if failure == ConnectFailure::Refused {
                     let reason = outcome.refusal.map_or("no reason given", RefuseReason::name);
-                    if status == kernel_events::status::SERVER_SID_MISMATCH {
+                    if status == status::SERVER_SID_MISMATCH {
                         println!(
                             "lpcmon: the port's server is not SYSTEM: refusing to connect (name squatting?)"
                         );
@@ -421,25 +344,56 @@ impl ProducerIo for KernelIo<'_> {
         if self.port.is_null() {
             return false;
         }
-        let Some(_len) = frame_message(message, self.max_total, self.frame) else {
+        let Some(kind) = self.flow.next_send() else {
+            // The server left the last flow-control request unanswered: queue nothing more on
+            // this connection. The worker counts this message as lost and reconnects.
+            println!("lpcmon: the server is not receiving; dropping the connection");
+            self.disconnect();
+            return false;
+        };
+        let Some(_len) = frame_message(message, MAX_FRAME, self.frame) else {
             // Longer than the port allows: cannot happen for a limit the connect agreed on.
             self.disconnect();
             return false;
         };
         let request = self.frame.as_mut_ptr().cast::<PortMessage>();
-        let st = match self.shared.routines.request_port {
-            // SAFETY: PASSIVE_LEVEL, System thread, Zw call; `request` is this thread's 8-aligned
-            // frame holding a header whose TotalLength covers exactly the bytes written after
-            // it; the port handle is open. A datagram: the call does not wait for the server.
-            Some(request_port) => unsafe { request_port(self.port, request) },
-            // SAFETY: as above; `reply` is this thread's frame of MAX_FRAME bytes, as large as
-            // any message on this connection (ALPC: the MaxMessageLength we asked for; legacy:
-            // at most 648). Waits for the server's reply (module docs).
-            None => unsafe {
-                ffi::ZwRequestWaitReplyPort(self.port, request, self.reply.as_mut_ptr().cast())
-            },
+        let (receive, mut length, mut timeout) = if kind.waits_for_reply() {
+            let timeout = LARGE_INTEGER {
+                QuadPart: relative_timeout(FLOW_PROBE_TIMEOUT_NS),
+            };
+            (
+                self.reply.as_mut_ptr().cast::<PortMessage>(),
+                self.reply.len(),
+                Some(timeout),
+            )
+        } else {
+            (ptr::null_mut(), 0, None)
         };
-        if NT_SUCCESS(st) {
+        let length_ptr = if receive.is_null() {
+            ptr::null_mut()
+        } else {
+            &raw mut length
+        };
+        let timeout_ptr = timeout.as_mut().map_or(ptr::null_mut(), ptr::from_mut);
+        let send_wait_receive = self.shared.routines.alpc_send_wait_receive;
+        // SAFETY: PASSIVE_LEVEL, System thread, Zw call (no probing). `request` is this
+        // thread's 8-aligned frame holding a header whose TotalLength covers exactly the bytes
+        // written after it; the port handle is open. A datagram passes no receive buffer and
+        // returns once queued; a request receives the server's reply into `reply`, MAX_FRAME
+        // bytes (the MaxMessageLength we connected with), and waits at most `timeout`.
+        let st = unsafe {
+            send_wait_receive(
+                self.port,
+                kind.flags(),
+                request,
+                ptr::null_mut(),
+                receive,
+                length_ptr,
+                ptr::null_mut(),
+                timeout_ptr,
+            )
+        };
+        if self.flow.on_sent(kind, st) {
             return true;
         }
         self.log_failure("send", st);
@@ -447,8 +401,8 @@ impl ProducerIo for KernelIo<'_> {
         false
     }
 
+    /// Waits as the worker said (`until` already stops at a stop's deadline).
     fn wait(&mut self, until: u64) {
-        let until = self.stop_deadline.map_or(until, |deadline| until.min(deadline));
         let now = ffi::interrupt_time_ns();
         if until <= now {
             return;
@@ -456,7 +410,7 @@ impl ProducerIo for KernelIo<'_> {
         let mut timeout = LARGE_INTEGER {
             QuadPart: relative_timeout(until - now),
         };
-        if self.stop_deadline.is_some() {
+        if self.stop_seen {
             // The stop event stays set once seen; waiting on it again would spin.
             // SAFETY: PASSIVE_LEVEL; the event is nonpaged and outlives this thread.
             let _ = unsafe {
@@ -490,10 +444,7 @@ impl ProducerIo for KernelIo<'_> {
 
     fn stop_requested(&mut self) -> bool {
         let stop = self.shared.stop_requested();
-        if stop && self.stop_deadline.is_none() {
-            // `run` passes the `now` it just read, and STOP_GRACE_NS, to `Worker::stop`.
-            self.stop_deadline = Some(self.last_now.saturating_add(STOP_GRACE_NS));
-        }
+        self.stop_seen |= stop;
         stop
     }
 }

@@ -1,34 +1,94 @@
 //! The `lpcmon` binary: wires the port server, the protocol dispatcher, the optional in-process
 //! sensor and the HTTP service together.
 
+mod access;
 mod cli;
+mod config;
+mod exit;
+mod http;
+mod manual;
+mod status;
+mod tail;
+mod units;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
-use clap::Parser;
+use anyhow::Context;
 use lpcmon_api::{ApiConfig, AppState};
 use lpcmon_protocol::server::ServerConfig;
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, ExportArgs, LoadgenArgs, SensorArgs, ServeArgs};
+use cli::{Command, ExportArgs, LoadgenArgs, LogFormat, SensorArgs, ServeArgs};
+use exit::{Advise, Kind, fail};
 use lpcmon_protocol::server::RestoredInstance;
 use lpcmon_store::Database;
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
-        None => serve(cli.serve),
+fn main() -> ExitCode {
+    // Before anything else, and before any thread exists (see init_backtraces).
+    let debug_flag = std::env::args_os().any(|a| a == "--debug");
+    init_backtraces(exit::debug_requested(debug_flag));
+    let layered = match config::parse() {
+        Ok(layered) => layered,
+        Err(e) => return exit::report(&e, exit::debug_requested(debug_flag)),
+    };
+    let global = layered.cli.global.clone();
+    let debug = exit::debug_requested(global.debug);
+    // --debug may also have come from LPCMON_DEBUG or the file; still one thread here.
+    init_backtraces(debug);
+    // The lab runs servers in-process by the hundred; their info logs would bury its progress.
+    let quiet = matches!(layered.cli.command, Some(Command::Lab(_)));
+    init_logs(global.log_format, global.debug, quiet);
+    match run(layered) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::report(&e, debug),
+    }
+}
+
+/// anyhow captures a backtrace when RUST_LIB_BACKTRACE (or else RUST_BACKTRACE) says so. A user
+/// error never prints one, so capture only when it will be printed: with --debug or
+/// RUST_LOG=debug. Panics (bugs) still follow RUST_BACKTRACE.
+fn init_backtraces(debug: bool) {
+    // SAFETY: called only at the start of main, before the runtime or any other thread
+    // exists, so no other thread can be reading the environment.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", if debug { "1" } else { "0" }) };
+}
+
+fn init_logs(format: LogFormat, debug: bool, quiet: bool) {
+    let default = match (debug, quiet) {
+        (true, _) => "debug",
+        (false, true) => "error",
+        (false, false) => "info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // One JSON object per line, fields flattened, for log shippers.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+fn run(mut layered: config::Layered) -> anyhow::Result<()> {
+    match layered.cli.command.take() {
+        None => serve(layered.cli.serve.clone()),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Sensor(args)) => sensor(args),
         Some(Command::Loadgen(args)) => loadgen(args),
         Some(Command::Export(args)) => export(args),
+        Some(Command::Status(args)) => runtime()?.block_on(status::run(args)),
+        Some(Command::Tail(args)) => runtime()?.block_on(tail::run(args, shutdown_signal())),
+        Some(Command::Config(cli::ConfigCommand::Show)) => {
+            print!("{}", layered.show());
+            Ok(())
+        }
+        Some(Command::Man) => manual::man(&layered.command),
+        Some(Command::Completions { shell }) => manual::completions(&layered.command, shell),
+        Some(Command::Lab(args)) => lpcmon_lab::run(args),
         #[cfg(windows)]
         Some(Command::Service(cmd)) => windows_service(cmd),
     }
@@ -67,7 +127,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    args.max_http_connections = access::raise_file_limit(args.max_http_connections);
     let stop = Arc::new(AtomicBool::new(false));
     runtime()?.block_on(serve_until(args, stop, shutdown_signal()))
 }
@@ -77,23 +138,43 @@ async fn serve_until(
     stop: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && args.token.is_none() {
-        bail!(
-            "refusing to listen on {} without --token: anything but loopback needs a bearer token \
-             (there is no default password)",
-            args.listen
-        );
+    let token = access::resolve_token(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        std::env::var("LPCMON_TOKEN").ok().as_deref(),
+    )?;
+    if !args.listen.ip().is_loopback() && token.is_none() {
+        return Err(fail(
+            Kind::Usage,
+            format!(
+                "refusing to listen on {} without a token: anything but loopback needs a bearer \
+                 token (there is no default password)",
+                args.listen
+            ),
+            "set --token-file PATH (or LPCMON_TOKEN), or listen on loopback (--listen 127.0.0.1:7878)",
+        ));
     }
     let port = args.port.clone().unwrap_or_else(cli::default_port);
     let database = open_store(&args)?;
+    let idle_timeout = args.idle_timeout.0.max(std::time::Duration::from_secs(1));
+    let config = ApiConfig {
+        token,
+        hosts: access::host_policy(args.listen, &args.allowed_hosts),
+        max_connections: args.max_http_connections,
+        header_read_timeout: args.header_timeout.0.max(std::time::Duration::from_millis(100)),
+        idle_timeout,
+        // Streams must write more often than the idle timeout, or it would close them.
+        keepalive: ApiConfig::default().keepalive.min(idle_timeout / 3),
+        ..ApiConfig::default()
+    };
     let (state, restored) = match &database {
+        // With a file, the in-memory store is only the hot tail in front of it.
         Some(db) => (
             AppState::with_database(
                 ApiConfig {
-                    retain: args.tail,
-                    retain_bytes: args.tail_bytes,
-                    token: args.token.clone(),
-                    ..ApiConfig::default()
+                    retain: args.tail_events,
+                    retain_bytes: args.tail_bytes.as_usize(),
+                    ..config
                 },
                 db.clone(),
             ),
@@ -102,11 +183,8 @@ async fn serve_until(
         None => (
             AppState::new(ApiConfig {
                 retain: args.retain.unwrap_or(100_000),
-                retain_bytes: args
-                    .retain_bytes
-                    .map_or(64 * 1024 * 1024, |b| usize::try_from(b).unwrap_or(usize::MAX)),
-                token: args.token.clone(),
-                ..ApiConfig::default()
+                retain_bytes: args.retain_bytes.map_or(64 << 20, |b| b.as_usize()),
+                ..config
             }),
             Vec::new(),
         ),
@@ -118,7 +196,8 @@ async fn serve_until(
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", args.listen))
+        .map_err(|e| listen_advice(e, args.listen))?;
     tracing::info!(listen = %args.listen, port = %port, "lpcmon serving: try `curl -s http://{}/events`", args.listen);
     lpcmon_api::serve(listener, state, shutdown)
         .await
@@ -159,12 +238,16 @@ fn open_store(args: &ServeArgs) -> anyhow::Result<Option<Arc<Database>>> {
     let day = 86_400.0;
     if let Some(days) = args.retain_days {
         if !(days > 0.0 && days * day < u64::MAX as f64) {
-            bail!("--retain-days must be a positive number of days, not {days}");
+            return Err(fail(
+                Kind::Usage,
+                format!("--retain-days must be a positive number of days, not {days}"),
+                "give a number of days such as 30 or 0.5, or leave it out to keep events of any age",
+            ));
         }
     }
     let retention = lpcmon_store::Retention {
         events: args.retain.map_or(10_000_000, |n| n as u64),
-        bytes: args.retain_bytes.unwrap_or(1 << 30),
+        bytes: args.retain_bytes.map_or(1 << 30, |b| b.0),
         max_age: args
             .retain_days
             .map(|d| std::time::Duration::from_secs_f64(d * day)),
@@ -201,6 +284,26 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The remedy for a failed bind of the HTTP address.
+fn listen_advice(err: anyhow::Error, listen: std::net::SocketAddr) -> anyhow::Error {
+    let kind = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    let remedy = match kind {
+        Some(std::io::ErrorKind::AddrInUse) => format!(
+            "another program (perhaps another lpcmon) is listening on {listen}: stop it, or choose \
+             another address with --listen"
+        ),
+        Some(std::io::ErrorKind::PermissionDenied) => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port above 1024 with --listen"
+                .to_owned()
+        }
+        _ => "choose an address this machine has with --listen (e.g. 127.0.0.1:7878)".to_owned(),
+    };
+    Err::<(), _>(err).advise(Kind::Runtime, remedy).unwrap_err()
+}
+
 #[cfg(unix)]
 type PortServer = alpc_server::unix::UnixPortServer;
 
@@ -216,17 +319,27 @@ fn start_port(
     let dispatcher = Arc::new(Dispatcher::new(
         ServerConfig {
             api: "unix",
-            max_message: args.max_message,
+            max_message: args.max_message.as_usize(),
             ..ServerConfig::default()
         },
         ingest,
     ));
     dispatcher.restore_instances(restored);
     let config = UnixPortConfig {
-        max_message: args.max_message,
+        max_message: args.max_message.as_usize(),
+        handshake_timeout: args
+            .handshake_timeout
+            .0
+            .max(std::time::Duration::from_millis(100)),
         ..UnixPortConfig::new(port)
     };
-    UnixPortServer::start(config, dispatcher).with_context(|| format!("cannot create the port {port}"))
+    UnixPortServer::start(config, dispatcher)
+        .with_context(|| format!("cannot create the port {port}"))
+        .advise(
+            Kind::Runtime,
+            "if another lpcmon is serving this port, stop it or choose another with --port; \
+             the directory must be yours (or run as root for /run/lpcmon)",
+        )
 }
 
 #[cfg(unix)]
@@ -268,7 +381,13 @@ fn start_port(
         allow_administrators: args.allow_administrators,
         allow_user_mode_producers: args.allow_user_mode_producers,
     };
-    WindowsPortServer::start(config, dispatcher).with_context(|| format!("cannot create the port {port}"))
+    WindowsPortServer::start(config, dispatcher)
+        .with_context(|| format!("cannot create the port {port}"))
+        .advise(
+            Kind::Runtime,
+            "run lpcmon as LocalSystem (`lpcmon service install`) or as an Administrator; if \
+             another lpcmon serves this port, stop it or choose another with --port",
+        )
 }
 
 #[cfg(windows)]
@@ -303,10 +422,11 @@ fn windows_service(cmd: cli::ServiceCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The service's body: `lpcmon serve` with default settings until the SCM says stop.
+/// The service's body: `lpcmon serve`, configured by the config file and the environment,
+/// until the SCM says stop.
 #[cfg(windows)]
 fn serve_as_service(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let args = Cli::parse_from(["lpcmon"]).serve;
+    let args = config::parse_from(["lpcmon"])?.cli.serve;
     let flag = stop.clone();
     let stopped = async move {
         while !flag.load(Ordering::Acquire) {
@@ -339,7 +459,13 @@ fn start_sensor(
              run `sudo lpcmon sensor --connect {port}` to attach one"
         );
         if args.sensor == SensorMode::ProcConnector {
-            bail!("{hint}");
+            return Err(fail(
+                Kind::Runtime,
+                "--sensor proc-connector: the proc-connector sensor needs root or CAP_NET_ADMIN",
+                format!(
+                    "run lpcmon as root, or with --sensor auto and `sudo lpcmon sensor --connect {port}` beside it"
+                ),
+            ));
         }
         tracing::warn!("{hint}");
         state.add_notice(hint);
@@ -371,7 +497,11 @@ fn start_sensor(
     _stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Option<SensorThread>> {
     if args.sensor == cli::SensorMode::ProcConnector {
-        bail!("the proc-connector sensor exists only on Linux");
+        return Err(fail(
+            Kind::Usage,
+            "--sensor proc-connector: the proc-connector sensor exists only on Linux",
+            "use --sensor none, and connect a producer to the port",
+        ));
     }
     state.add_notice("no in-process sensor on this OS: only producers that connect to the port");
     Ok(None)
@@ -405,14 +535,22 @@ fn sensor(args: SensorArgs) -> anyhow::Result<()> {
     let report = worker
         .join()
         .map_err(|_| anyhow::anyhow!("the sensor thread panicked"))?
-        .context("the proc-connector sensor failed")?;
+        .context("the proc-connector sensor failed")
+        .advise(
+            Kind::Runtime,
+            format!("it needs root or CAP_NET_ADMIN, and `lpcmon serve` listening on {port}"),
+        )?;
     tracing::info!(?report, "sensor stopped");
     Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
 fn sensor(_args: SensorArgs) -> anyhow::Result<()> {
-    bail!("`lpcmon sensor` is the Linux proc-connector sensor; on Windows the kernel driver produces events")
+    Err(fail(
+        Kind::Usage,
+        "`lpcmon sensor` is the Linux proc-connector sensor",
+        "on Windows the kernel driver produces events: install it and run `lpcmon serve`",
+    ))
 }
 
 fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
@@ -423,14 +561,29 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
     let config = LoadgenConfig {
         producer: ProducerConfig {
             queue_capacity: args.queue,
-            max_message: args.max_message,
+            max_message: args.max_message.as_usize(),
             ..ProducerConfig::new(&port, ProducerKind::Loadgen)
         },
         rate: args.rate,
         count: args.count,
-        size: args.size,
+        size: args.size.as_usize(),
     };
-    let report = loadgen::run(&config)?;
+    let report = loadgen::run(&config).map_err(|e| match e {
+        loadgen::LoadgenError::Size { .. } => fail(Kind::Usage, &e, "choose another --size"),
+        loadgen::LoadgenError::Start(_) => anyhow::Error::from(e),
+    })?;
     println!("{}", serde_json::to_string(&report)?);
+    // The producer reconnects in the background and gives up at stop; a run that never
+    // delivered anything never reached a server, and a script must be able to tell.
+    if report.produced > 0 && report.sent == 0 {
+        return Err(fail(
+            Kind::Connect,
+            format!(
+                "sent none of {} events: no server accepted a connection on {port}",
+                report.produced
+            ),
+            "start `lpcmon serve` first, or point --connect at its port",
+        ));
+    }
     Ok(())
 }

@@ -14,7 +14,7 @@
 #![cfg(unix)]
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,13 +38,8 @@ fn skip_browser() -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 /// Polls `probe` until it gives a value; fails the test, saying what it waited for, at [`WAIT`].
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
@@ -129,19 +124,7 @@ impl Server {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("events.sock");
         let proc = Proc::spawn(
-            lpcmon()
-                .args([
-                    "serve",
-                    "--store",
-                    "memory",
-                    "--sensor",
-                    "none",
-                    "--listen",
-                    &format!("127.0.0.1:{http_port}"),
-                    "--port",
-                ])
-                .arg(&socket)
-                .args(extra),
+            common::serve_args(&mut lpcmon(), http_port, &socket).args(extra),
             false,
         );
         let mut server = Server {
@@ -168,6 +151,10 @@ impl Server {
     }
 
     fn loadgen(&self, rate: u64, count: u64) -> Proc {
+        self.loadgen_with(rate, count, &[])
+    }
+
+    fn loadgen_with(&self, rate: u64, count: u64, extra: &[&str]) -> Proc {
         Proc::spawn(
             lpcmon()
                 .args(["loadgen", "--connect"])
@@ -180,6 +167,7 @@ impl Server {
                     "--size",
                     "200",
                 ])
+                .args(extra)
                 .stdout(Stdio::piped()),
             false,
         )
@@ -292,6 +280,8 @@ struct Snapshot {
     held_shown: bool,
     /// Per-kind counts this view received.
     counts: BTreeMap<String, u64>,
+    /// Per-kind counts the server stored, as of the page's last /stats poll.
+    server_counts: BTreeMap<String, u64>,
     alert: Option<Alert>,
     info: Option<String>,
     producers: String,
@@ -321,11 +311,20 @@ return {
   held_shown: !$('held').hidden,
   counts: Object.fromEntries([...document.querySelectorAll('#kinds tbody tr')]
     .map((r) => [r.dataset.kind, num(r.querySelector('.view').textContent)])),
+  server_counts: Object.fromEntries([...document.querySelectorAll('#kinds tbody tr')]
+    .map((r) => [r.dataset.kind, num(r.querySelector('.server').textContent)])),
   alert: alert.hidden ? null : { gaps: num(alert.dataset.gaps), missed: num(alert.dataset.missed), text: alert.textContent },
   info: $('info').hidden ? null : $('info-text').textContent,
   producers: $('producers').textContent,
   dialog_open: $('detail').open,
 };
+"#;
+
+/// The newest loss row's text and the banner's loss line.
+const LOSS_TEXT_JS: &str = r#"
+const row = document.querySelector('#rows > .row[data-kind="loss"]');
+const banner = document.getElementById('alert-losses');
+return [row ? row.textContent : null, banner && !banner.hidden ? banner.textContent : null];
 "#;
 
 async fn snapshot(c: &Client) -> Snapshot {
@@ -414,6 +413,17 @@ async fn dashboard_in_headless_chromium() {
     })
     .await;
     assert!(s.counts["producer.connect"] >= 1, "{:?}", s.counts);
+    // Issue 9, finding 11: an unfiltered view started with the server never counts more of a
+    // kind than the server stored; both columns describe the same /stats poll.
+    for (kind, n) in &s.counts {
+        let server = s.server_counts.get(kind).copied().unwrap_or(0);
+        assert!(
+            *n <= server,
+            "{kind}: view {n} > server {server}: {:?} {:?}",
+            s.counts,
+            s.server_counts
+        );
+    }
     eventually("the producers panel to list the load generator", async || {
         let s = snapshot(c).await;
         (s.producers.contains("loadgen") && s.producers.contains("connected")).then_some(())
@@ -580,6 +590,37 @@ async fn dashboard_in_headless_chromium() {
         snapshot(c).await.alert.is_none().then_some(())
     })
     .await;
+
+    // A producer_queue loss (a 2-slot queue pushed flat out): its events never had sequence
+    // numbers, so the row and the banner show the count and the time, not a "(seq …)" range.
+    c.goto(&server.url("/?kind=loss")).await.unwrap();
+    wait_live(c, "the loss-only view").await;
+    server
+        .loadgen_with(0, 500, &["--queue", "2"])
+        .finish("the queue-loss load generator");
+    let (row, banner) = eventually("a producer_queue loss row and banner", async || {
+        let v = c.execute(LOSS_TEXT_JS, vec![]).await.unwrap();
+        let row = v[0].as_str()?.to_owned();
+        let banner = v[1].as_str()?.to_owned();
+        (row.contains("producer_queue") && banner.contains("producer_queue")).then_some((row, banner))
+    })
+    .await;
+    // `hh:mm:ss.mmm` right after `at `.
+    let clock_after = |text: &str, marker: &str| {
+        text.split(marker).nth(1).is_some_and(|t| {
+            let b = t.as_bytes();
+            b.len() >= 12
+                && [0, 1, 3, 4, 6, 7, 9, 10, 11]
+                    .iter()
+                    .all(|&i| b[i].is_ascii_digit())
+                && (b[2], b[5], b[8]) == (b':', b':', b'.')
+        })
+    };
+    assert!(clock_after(&row, "events lost at "), "{row}");
+    assert!(!row.contains("seq"), "{row}");
+    assert!(clock_after(&banner, "producer_queue at "), "{banner}");
+    assert!(!banner.contains("seq"), "{banner}");
+    screenshot(c, "dashboard-queue-loss.png").await;
     drop(server);
 
     // A server with --token: the page asks once, keeps the token in sessionStorage only, and

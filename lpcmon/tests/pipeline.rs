@@ -3,7 +3,6 @@
 
 #![cfg(target_os = "linux")]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,13 +17,8 @@ use lpcmon_protocol::server::ServerConfig;
 use lpcmon_protocol::{ProducerKind, RefuseReason};
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 /// A `lpcmon serve` child process, killed when dropped.
 struct Served {
@@ -136,7 +130,7 @@ fn loadgen(socket: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("loadgen prints one JSON line")
 }
 
-/// DESIGN invariant 1 under overload: a tiny producer queue, a tiny ingest channel and a tiny
+/// Invariant 1 (`docs/design.md`) under overload: a tiny producer queue, a tiny ingest channel and a tiny
 /// store, with the load generator pushing as fast as it can.
 #[tokio::test(flavor = "multi_thread")]
 async fn loadgen_past_capacity_accounts_for_every_event_by_stage() {

@@ -13,51 +13,21 @@
 
 use crate::cursor::{Reader, Writer, utf8_prefix};
 use crate::error::{DecodeError, EncodeError};
-use crate::message::{COMMON_HEADER_LEN, MAX_SEQ, MessageType, VERSION, write_common};
+use crate::header::{COMMON_HEADER_LEN, MAX_SEQ, MessageType, VERSION, write_common};
 
-/// What happened. The names are the JSON `kind` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum EventKind {
-    ProcessStart = 1,
-    ProcessExec = 2,
-    ProcessExit = 3,
-    ThreadStart = 4,
-    ThreadExit = 5,
-    ImageLoad = 6,
-    /// Linux: a process changed its real or effective uid.
-    ProcessSetuid = 7,
-    /// Linux: a process changed its `comm` name.
-    ProcessRename = 8,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 8] = [
-        Self::ProcessStart,
-        Self::ProcessExec,
-        Self::ProcessExit,
-        Self::ThreadStart,
-        Self::ThreadExit,
-        Self::ImageLoad,
-        Self::ProcessSetuid,
-        Self::ProcessRename,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ProcessStart => "process.start",
-            Self::ProcessExec => "process.exec",
-            Self::ProcessExit => "process.exit",
-            Self::ThreadStart => "thread.start",
-            Self::ThreadExit => "thread.exit",
-            Self::ImageLoad => "image.load",
-            Self::ProcessSetuid => "process.setuid",
-            Self::ProcessRename => "process.rename",
-        }
-    }
-
-    pub fn from_u16(v: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| *k as u16 == v)
+wire_enum! {
+    /// What happened. The names are the JSON `kind` values.
+    pub enum EventKind: u16 {
+        ProcessStart = 1 => "process.start",
+        ProcessExec = 2 => "process.exec",
+        ProcessExit = 3 => "process.exit",
+        ThreadStart = 4 => "thread.start",
+        ThreadExit = 5 => "thread.exit",
+        ImageLoad = 6 => "image.load",
+        /// Linux: a process changed its real or effective uid.
+        ProcessSetuid = 7 => "process.setuid",
+        /// Linux: a process changed its `comm` name.
+        ProcessRename = 8 => "process.rename",
     }
 }
 
@@ -349,10 +319,6 @@ impl FieldView<'_> {
         let arr: [u8; 4] = self.bytes.try_into().ok()?;
         (self.encoding == Encoding::Bytes).then(|| u32::from_le_bytes(arr))
     }
-
-    pub fn as_i32(&self) -> Option<i32> {
-        self.as_u32().map(|v| v as i32)
-    }
 }
 
 /// A received, validated event borrowing the receive buffer.
@@ -366,7 +332,7 @@ pub struct EventView<'a> {
 impl<'a> EventView<'a> {
     pub(crate) fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let seq = r.u64()?;
-        let kind = EventKind::from_u16(r.u16()?).ok_or(DecodeError::InvalidValue("event kind"))?;
+        let kind = EventKind::from_repr(r.u16()?).ok_or(DecodeError::InvalidValue("event kind"))?;
         let flags = r.u16()?;
         let field_count = r.u16()?;
         let _reserved = r.u16()?;
@@ -507,8 +473,18 @@ mod owned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::header::read_common;
     use std::vec::Vec;
+
+    /// The event codec on its own, without [`crate::message::Message`]'s dispatch on the type.
+    fn decode_event(buf: &[u8]) -> Result<EventView<'_>, DecodeError> {
+        let mut r = Reader::new(buf);
+        let (_, ty) = read_common(&mut r)?;
+        assert_eq!(ty, MessageType::Event);
+        let view = EventView::decode_body(&mut r)?;
+        r.finish()?;
+        Ok(view)
+    }
 
     fn header() -> EventHeader {
         EventHeader {
@@ -523,10 +499,7 @@ mod tests {
     }
 
     fn decode(buf: &[u8]) -> EventView<'_> {
-        match Message::decode(buf, usize::MAX).unwrap() {
-            Message::Event(e) => e,
-            other => panic!("not an event: {other:?}"),
-        }
+        decode_event(buf).unwrap()
     }
 
     #[test]
@@ -609,20 +582,17 @@ mod tests {
         let mut bad = buf;
         bad[EVENT_MIN_LEN + 2] = 0x7F;
         assert_eq!(
-            Message::decode(&bad[..len], 512).unwrap_err(),
+            decode_event(&bad[..len]).unwrap_err(),
             DecodeError::UnknownEncoding(0x7F)
         );
         let mut bad = buf;
         bad[EVENT_MIN_LEN + 3] = 200;
         assert!(matches!(
-            Message::decode(&bad[..len], 512),
+            decode_event(&bad[..len]),
             Err(DecodeError::Truncated { .. })
         ));
         let mut bad = buf;
         bad[EVENT_MIN_LEN + FIELD_HEADER_LEN] = 0xFF;
-        assert_eq!(
-            Message::decode(&bad[..len], 512).unwrap_err(),
-            DecodeError::InvalidUtf8
-        );
+        assert_eq!(decode_event(&bad[..len]).unwrap_err(), DecodeError::InvalidUtf8);
     }
 }

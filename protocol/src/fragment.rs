@@ -8,7 +8,8 @@
 use crate::error::EncodeError;
 use crate::message::{FRAGMENT_HEADER_LEN, Fragment};
 
-/// The smallest message limit fragmentation supports (DESIGN: 64 bytes of data).
+/// The smallest message limit fragmentation supports: 64 bytes of data, room for a fragment
+/// header and a useful piece.
 pub const MIN_MESSAGE_LIMIT: usize = 64;
 
 /// How one encoded event is split into messages of at most `limit` bytes.

@@ -6,77 +6,17 @@
 use crate::cursor::{Reader, Writer};
 use crate::error::{DecodeError, EncodeError};
 use crate::event::EventView;
+use crate::header::{MessageType, read_common, write_common};
 use crate::port_message::LPC_MAX_CONNECTION_INFO;
 
-pub const MAGIC: [u8; 4] = *b"LPCM";
-/// The wire version this build speaks.
-pub const VERSION: u8 = 1;
-/// The oldest wire version this build still accepts.
-pub const MIN_VERSION: u8 = 1;
-/// Bytes of the common header.
-pub const COMMON_HEADER_LEN: usize = 8;
-/// The largest sequence number on the wire. Decoders refuse more, so the server's `seq + 1`
-/// arithmetic cannot overflow; a producer would need 2^63 events to reach it.
-pub const MAX_SEQ: u64 = i64::MAX as u64;
+pub use crate::header::{COMMON_HEADER_LEN, MAGIC, MAX_SEQ, MIN_VERSION, VERSION};
 
-/// The message type byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum MessageType {
-    Hello = 1,
-    HelloReply = 2,
-    Event = 3,
-    Fragment = 4,
-    Loss = 5,
-    Heartbeat = 6,
-}
-
-impl MessageType {
-    fn from_u8(v: u8) -> Result<Self, DecodeError> {
-        Ok(match v {
-            1 => Self::Hello,
-            2 => Self::HelloReply,
-            3 => Self::Event,
-            4 => Self::Fragment,
-            5 => Self::Loss,
-            6 => Self::Heartbeat,
-            other => return Err(DecodeError::UnknownMessageType(other)),
-        })
-    }
-}
-
-pub(crate) fn write_common(w: &mut Writer<'_>, ty: MessageType, version: u8) -> Result<(), EncodeError> {
-    w.bytes(&MAGIC)?;
-    w.u8(version)?;
-    w.u8(ty as u8)?;
-    w.u16(0)
-}
-
-/// Who produces events. Its name is what `/stats` and the event JSON show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ProducerKind {
-    WindowsDriver = 1,
-    LinuxSensor = 2,
-    Loadgen = 3,
-}
-
-impl ProducerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::WindowsDriver => "windows-driver",
-            Self::LinuxSensor => "linux-sensor",
-            Self::Loadgen => "loadgen",
-        }
-    }
-
-    fn from_u8(v: u8) -> Result<Self, DecodeError> {
-        Ok(match v {
-            1 => Self::WindowsDriver,
-            2 => Self::LinuxSensor,
-            3 => Self::Loadgen,
-            _ => return Err(DecodeError::InvalidValue("producer kind")),
-        })
+wire_enum! {
+    /// Who produces events. Its name is what `/stats` and the event JSON show.
+    pub enum ProducerKind: u8 {
+        WindowsDriver = 1 => "windows-driver",
+        LinuxSensor = 2 => "linux-sensor",
+        Loadgen = 3 => "loadgen",
     }
 }
 
@@ -125,7 +65,7 @@ impl<'a> Hello<'a> {
     fn decode_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let min_version = r.u8()?;
         let max_version = r.u8()?;
-        let kind = ProducerKind::from_u8(r.u8()?)?;
+        let kind = ProducerKind::from_repr(r.u8()?).ok_or(DecodeError::InvalidValue("producer kind"))?;
         let _reserved = r.u8()?;
         let hello = Hello {
             min_version,
@@ -147,40 +87,18 @@ impl<'a> Hello<'a> {
     }
 }
 
-/// Why the server refused a producer. The code travels on the wire; the text is for logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RefuseReason {
-    UnsupportedVersion = 1,
-    Unauthorised = 2,
-    Malformed = 3,
-    TooManyProducers = 4,
-    AlreadyConnected = 5,
-    ShuttingDown = 6,
-}
-
-impl RefuseReason {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::UnsupportedVersion => "unsupported_version",
-            Self::Unauthorised => "unauthorised",
-            Self::Malformed => "malformed_hello",
-            Self::TooManyProducers => "too_many_producers",
-            Self::AlreadyConnected => "already_connected",
-            Self::ShuttingDown => "shutting_down",
-        }
-    }
-
-    fn from_u8(v: u8) -> Result<Self, DecodeError> {
-        Ok(match v {
-            1 => Self::UnsupportedVersion,
-            2 => Self::Unauthorised,
-            3 => Self::Malformed,
-            4 => Self::TooManyProducers,
-            5 => Self::AlreadyConnected,
-            6 => Self::ShuttingDown,
-            _ => return Err(DecodeError::InvalidValue("refuse reason")),
-        })
+wire_enum! {
+    /// Why the server refused a producer. The code travels on the wire; the text is for logs.
+    pub enum RefuseReason: u8 {
+        UnsupportedVersion = 1 => "unsupported_version",
+        Unauthorised = 2 => "unauthorised",
+        Malformed = 3 => "malformed_hello",
+        TooManyProducers = 4 => "too_many_producers",
+        AlreadyConnected = 5 => "already_connected",
+        ShuttingDown = 6 => "shutting_down",
+        /// The peer connected but sent no valid Hello in time. Never sent (the peer said
+        /// nothing); the server counts its refusal under this name.
+        HandshakeTimeout = 7 => "handshake_timeout",
     }
 }
 
@@ -259,7 +177,7 @@ impl<'a> HelloReply<'a> {
             HelloReply::Accept { version, max_message }
         } else {
             HelloReply::Refuse {
-                reason: RefuseReason::from_u8(status)?,
+                reason: RefuseReason::from_repr(status).ok_or(DecodeError::InvalidValue("refuse reason"))?,
                 min_version,
                 max_version,
                 text,
@@ -268,62 +186,26 @@ impl<'a> HelloReply<'a> {
     }
 }
 
-/// Where in the pipeline events were lost. Names are the `loss.stage` values in JSON and
-/// metrics labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum LossStage {
-    /// The producer's bounded queue was full (the callback could not enqueue).
-    ProducerQueue = 1,
-    /// The producer dequeued events but could not send them (port failure).
-    ProducerSend = 2,
-    /// The server saw a sequence gap nobody reported.
-    Transport = 3,
-    /// Fragments of an event never all arrived before the reassembly limit or timeout.
-    Reassembly = 4,
-    /// The server's ingest channel was full.
-    ServerIngest = 5,
-    /// The Linux kernel dropped proc-connector messages (ENOBUFS) before the sensor read them.
-    Kernel = 6,
-    /// The server received the event but could not write it to its database (disk full, I/O
-    /// error). Only the server reports it; it never travels on the wire from a producer.
-    Store = 7,
-}
-
-impl LossStage {
-    pub const ALL: [LossStage; 7] = [
-        Self::ProducerQueue,
-        Self::ProducerSend,
-        Self::Transport,
-        Self::Reassembly,
-        Self::ServerIngest,
-        Self::Kernel,
-        Self::Store,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ProducerQueue => "producer_queue",
-            Self::ProducerSend => "producer_send",
-            Self::Transport => "transport",
-            Self::Reassembly => "reassembly",
-            Self::ServerIngest => "server_ingest",
-            Self::Kernel => "kernel",
-            Self::Store => "store",
-        }
-    }
-
-    fn from_u8(v: u8) -> Result<Self, DecodeError> {
-        Ok(match v {
-            1 => Self::ProducerQueue,
-            2 => Self::ProducerSend,
-            3 => Self::Transport,
-            4 => Self::Reassembly,
-            5 => Self::ServerIngest,
-            6 => Self::Kernel,
-            7 => Self::Store,
-            _ => return Err(DecodeError::InvalidValue("loss stage")),
-        })
+wire_enum! {
+    /// Where in the pipeline events were lost. Names are the `loss.stage` values in JSON and
+    /// metrics labels.
+    #[derive(PartialOrd, Ord)]
+    pub enum LossStage: u8 {
+        /// The producer's bounded queue was full (the callback could not enqueue).
+        ProducerQueue = 1 => "producer_queue",
+        /// The producer dequeued events but could not send them (port failure).
+        ProducerSend = 2 => "producer_send",
+        /// The server saw a sequence gap nobody reported.
+        Transport = 3 => "transport",
+        /// Fragments of an event never all arrived before the reassembly limit or timeout.
+        Reassembly = 4 => "reassembly",
+        /// The server's ingest channel was full.
+        ServerIngest = 5 => "server_ingest",
+        /// The Linux kernel dropped proc-connector messages (ENOBUFS) before the sensor read them.
+        Kernel = 6 => "kernel",
+        /// The server received the event but could not write it to its database (disk full,
+        /// I/O error). Only the server reports it; it never travels on the wire from a producer.
+        Store = 7 => "store",
     }
 }
 
@@ -344,8 +226,6 @@ pub struct Loss {
     pub total: u64,
 }
 
-pub const LOSS_LEN: usize = COMMON_HEADER_LEN + 8 + 32;
-
 impl Loss {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer::new(out);
@@ -360,7 +240,7 @@ impl Loss {
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let stage = LossStage::from_u8(r.u8()?)?;
+        let stage = LossStage::from_repr(r.u8()?).ok_or(DecodeError::InvalidValue("loss stage"))?;
         r.bytes(7)?;
         let loss = Loss {
             stage,
@@ -396,8 +276,6 @@ pub struct Heartbeat {
     pub send_failed: u64,
     pub last_seq: u64,
 }
-
-pub const HEARTBEAT_LEN: usize = COMMON_HEADER_LEN + 32;
 
 impl Heartbeat {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
@@ -493,12 +371,7 @@ impl<'a> Message<'a> {
             });
         }
         let mut r = Reader::new(buf);
-        if r.bytes(4)? != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let version = r.u8()?;
-        let ty = MessageType::from_u8(r.u8()?)?;
-        let _flags = r.u16()?;
+        let (version, ty) = read_common(&mut r)?;
         // A Hello is readable whatever its version byte says, so the server can answer with a
         // refusal that names its own range; every other message must speak ours.
         if ty != MessageType::Hello && !(MIN_VERSION..=VERSION).contains(&version) {

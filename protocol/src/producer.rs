@@ -104,9 +104,25 @@ pub enum Step {
     /// Send `out[..len]` as one datagram. Then call [`Worker::on_sent`].
     Send { len: usize },
     /// Nothing to do before `until`, unless the queue gets an event or a stop is requested.
-    Wait { until: u64 },
+    /// `until` never passes a stop's deadline: the worker clamps it, so a shell waits exactly
+    /// as long as it is told. `why` says what `until` is for.
+    Wait { until: u64, why: Wake },
     /// Done: the worker stopped. Read [`Worker::stats`] for what could not be delivered.
     Stop,
+}
+
+/// Why the worker wants to run again at a [`Step::Wait`]'s `until`, like quinn-proto's
+/// `poll_timeout`: the timer the shell arms is the worker's decision, not the shell's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The previous step has not been reported yet: poll again after reporting it.
+    Now,
+    /// The backoff after a failed connect or send ends: connect again.
+    Retry,
+    /// A heartbeat is due.
+    Heartbeat,
+    /// A requested stop's grace ends: stop then, whatever is left (and count it).
+    StopDeadline,
 }
 
 /// Why a connect failed, as far as the worker's decisions go.
@@ -227,24 +243,55 @@ impl<'a> Worker<'a> {
     ) -> Step {
         if self.in_flight.is_some() || self.state == State::Connecting {
             // The shell has not reported the previous step; asking again changes nothing.
-            return Step::Wait { until: now };
+            return Step::Wait {
+                until: now,
+                why: Wake::Now,
+            };
         }
         if self.stop_deadline.is_some_and(|d| now >= d) {
             return self.finish(queue);
         }
         match self.state {
             State::Stopped => Step::Stop,
-            State::Connecting => Step::Wait { until: now },
+            State::Connecting => self.wait(now, Wake::Now),
             // Stopping with nothing left to deliver or report: no reason to reconnect.
             State::Disconnected { .. } if self.stop_deadline.is_some() && self.nothing_left(queue) => {
                 self.finish(queue)
             }
             // A stop's deadline cuts the backoff short, so the worker is back in time to stop.
-            State::Disconnected { retry_at } if now < retry_at => Step::Wait {
-                until: self.stop_deadline.map_or(retry_at, |d| d.min(retry_at)),
-            },
+            State::Disconnected { retry_at } if now < retry_at => self.wait(retry_at, Wake::Retry),
             State::Disconnected { .. } => self.connect_step(out),
             State::Connected { limit } => self.connected_step(now, limit, queue, out),
+        }
+    }
+
+    /// A wait until `until` for `why`, cut short by a stop's deadline: the one place the
+    /// deadline bounds a wait, so no shell has to.
+    fn wait(&self, until: u64, why: Wake) -> Step {
+        match self.stop_deadline {
+            Some(deadline) if deadline < until => Step::Wait {
+                until: deadline,
+                why: Wake::StopDeadline,
+            },
+            _ => Step::Wait { until, why },
+        }
+    }
+
+    /// When the worker next needs to run if nothing is queued and no stop is requested, and
+    /// why: the `until` and `why` of the [`Step::Wait`] the last poll returned, without
+    /// polling again. `None` while a step is in flight or once stopped.
+    pub fn poll_timeout(&self) -> Option<(u64, Wake)> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let (until, why) = match self.state {
+            State::Stopped | State::Connecting => return None,
+            State::Disconnected { retry_at } => (retry_at, Wake::Retry),
+            State::Connected { .. } => (self.heartbeat_due, Wake::Heartbeat),
+        };
+        match self.wait(until, why) {
+            Step::Wait { until, why } => Some((until, why)),
+            _ => None,
         }
     }
 
@@ -298,7 +345,10 @@ impl<'a> Worker<'a> {
     /// next poll counts what is left.
     fn fail_stop(&mut self) -> Step {
         self.stop_deadline = Some(0);
-        Step::Wait { until: 0 }
+        Step::Wait {
+            until: 0,
+            why: Wake::StopDeadline,
+        }
     }
 
     fn send(&mut self, what: InFlight, len: Result<usize, EncodeError>) -> Step {
@@ -393,9 +443,7 @@ impl<'a> Worker<'a> {
         if stopping {
             return self.finish(queue);
         }
-        Step::Wait {
-            until: self.heartbeat_due,
-        }
+        self.wait(self.heartbeat_due, Wake::Heartbeat)
     }
 
     fn pop_event<const N: usize>(&mut self, queue: &Queue<'_, EventSlot<N>>) -> bool {
@@ -498,7 +546,9 @@ pub trait ProducerIo {
     fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure>;
     /// Sends one message; `false` means the connection is gone.
     fn send(&mut self, message: &[u8]) -> bool;
-    /// Sleeps until `until`, an event is queued, or a stop is requested.
+    /// Sleeps until `until`, an event is queued, or a stop is requested (once a stop has been
+    /// seen, only until `until` or an event: the worker's deadline is already in `until`).
+    /// A plain system call: the worker decided `until`.
     fn wait(&mut self, until: u64);
     /// Whether the owner asked the worker to stop.
     fn stop_requested(&mut self) -> bool;
@@ -537,7 +587,7 @@ pub fn run<const N: usize>(
                 let now = io.now();
                 worker.on_sent(now, ok);
             }
-            Step::Wait { until } => {
+            Step::Wait { until, why: _ } => {
                 if until > now {
                     io.wait(until);
                 }

@@ -83,6 +83,7 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         RefuseReason::TooManyProducers,
         RefuseReason::AlreadyConnected,
         RefuseReason::ShuttingDown,
+        RefuseReason::HandshakeTimeout,
     ])
 }
 

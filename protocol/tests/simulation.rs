@@ -218,9 +218,17 @@ fn run(seed: u64) -> (Ledger, u64) {
                 );
             }
         }
-        if steps % 8 == 0 {
-            server.poll(now, &mut outputs);
-        }
+        // The server's timers run when it says they are due (`poll_timeout`), not on a fixed
+        // tick; polling at every step checks the deadline is never late: before it, a poll
+        // must find nothing to do.
+        let due = server.poll_timeout().is_some_and(|deadline| now >= deadline);
+        let before = outputs.len();
+        server.poll(now, &mut outputs);
+        assert!(
+            due || outputs.len() == before,
+            "seed {seed}: the server had timer work at {now} before its poll_timeout {:?}",
+            server.poll_timeout()
+        );
         ledger.absorb(&mut outputs);
 
         match worker.poll(now, &queue, &mut out) {

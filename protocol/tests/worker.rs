@@ -5,7 +5,7 @@
 use lpcmon_protocol::event::{EventHeader, EventKind, FieldType};
 use lpcmon_protocol::message::Heartbeat;
 use lpcmon_protocol::producer::{
-    ConnectFailure, EventSlot, ProducerIo, Step, Worker, WorkerConfig, WorkerStats, run,
+    ConnectFailure, EventSlot, ProducerIo, Step, Wake, Worker, WorkerConfig, WorkerStats, run,
 };
 use lpcmon_protocol::queue::{Queue, Slot};
 use lpcmon_protocol::{Hello, Loss, LossStage, Message, ProducerKind};
@@ -100,9 +100,54 @@ fn expect_send(w: &mut Worker<'_>, now: u64, q: &Queue<'_, EventSlot<SLOT>>, out
 
 fn expect_wait(w: &mut Worker<'_>, now: u64, q: &Queue<'_, EventSlot<SLOT>>, out: &mut [u8]) -> u64 {
     match w.poll(now, q, out) {
-        Step::Wait { until } => until,
+        Step::Wait { until, .. } => until,
         other => panic!("expected a wait, got {other:?}"),
     }
+}
+
+/// The worker says when it next needs to run and why (quinn-proto's `poll_timeout`), and a
+/// stop's deadline cuts every wait short: the shells only wait as they are told.
+#[test]
+fn waits_say_why_and_never_pass_the_stop_deadline() {
+    let s = slots(4);
+    let q = Queue::new(&s).unwrap();
+    let mut buf = [0u8; SLOT];
+    let mut out = [0u8; LIMIT];
+    let mut w = Worker::new(config(), &mut buf, 0);
+
+    expect_connect(&mut w, 0, &q, &mut out);
+    assert_eq!(w.poll_timeout(), None, "a connect is in flight");
+    w.on_connect(0, Err(ConnectFailure::Unavailable));
+    let retry = Step::Wait {
+        until: 10 * MS,
+        why: Wake::Retry,
+    };
+    assert_eq!(w.poll(MS, &q, &mut out), retry);
+    assert_eq!(w.poll_timeout(), Some((10 * MS, Wake::Retry)));
+
+    expect_connect(&mut w, 10 * MS, &q, &mut out);
+    w.on_connect(10 * MS, Ok(LIMIT));
+    let heartbeat = Step::Wait {
+        until: 1_010 * MS,
+        why: Wake::Heartbeat,
+    };
+    assert_eq!(w.poll(11 * MS, &q, &mut out), heartbeat);
+    assert_eq!(w.poll_timeout(), Some((1_010 * MS, Wake::Heartbeat)));
+
+    // A stop with 100 ms of grace: the final heartbeat goes out, then every wait ends at the
+    // deadline, not at the next heartbeat.
+    w.stop(20 * MS, 100 * MS);
+    assert!(matches!(
+        expect_send(&mut w, 20 * MS, &q, &mut out),
+        Sent::Heartbeat(_)
+    ));
+    w.on_sent(20 * MS, true);
+    assert_eq!(w.poll_timeout(), Some((120 * MS, Wake::StopDeadline)));
+    assert_eq!(
+        w.poll(20 * MS, &q, &mut out),
+        Step::Stop,
+        "nothing left to deliver"
+    );
 }
 
 #[test]

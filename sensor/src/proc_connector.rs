@@ -124,7 +124,6 @@ pub struct ProcConnector {
     port_id: u32,
     /// Our `cn_msg.ack` value: the kernel's acknowledgement carries it plus one.
     nonce: u32,
-    receive_buffer: usize,
     tracker: LossTracker,
     /// Messages read while waiting for the subscription's acknowledgement.
     backlog: Vec<ProcMessage>,
@@ -180,7 +179,6 @@ impl ProcConnector {
             buf: vec![0; RECV_BUFFER_LEN],
             port_id,
             nonce: new_nonce(),
-            receive_buffer,
             tracker: LossTracker::new(),
             backlog: Vec::new(),
             backlog_lost: 0,
@@ -206,11 +204,6 @@ impl ProcConnector {
             });
         }
         self.recv_datagram(out)
-    }
-
-    /// The receive buffer the kernel granted, in its own accounting (twice what was set).
-    pub fn receive_buffer_bytes(&self) -> usize {
-        self.receive_buffer
     }
 
     pub fn stats(&self) -> ConnectorStats {

@@ -1,6 +1,7 @@
 //! The open database: the writer thread that commits batches, the id reservation, retention,
 //! and the read side the HTTP service uses.
 
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,7 +43,8 @@ pub struct NewEvent {
     pub producer_kind: &'static str,
     pub producer: Arc<str>,
     pub search: Arc<str>,
-    pub json: Arc<str>,
+    /// The event's JSON, as the in-memory tail holds it (validated once, at ingest).
+    pub json: Arc<RawValue>,
     /// Whether this is a producer's event (not a record of a connect, disconnect or loss):
     /// only those are reported back per producer when they cannot be written.
     pub counted: bool,
@@ -561,7 +563,7 @@ impl Writer {
                     e.producer_kind,
                     &*e.producer,
                     &*e.search,
-                    &*e.json
+                    e.json.get()
                 ])?;
                 fts.execute(params![to_i64(e.id), &*e.search])?;
             }

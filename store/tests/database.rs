@@ -24,7 +24,9 @@ fn event(id: u64, kind: &'static str, search: &str) -> NewEvent {
         producer_kind: "loadgen",
         producer: Arc::from(if id.is_multiple_of(2) { "aa00" } else { "bb00" }),
         search: Arc::from(search),
-        json: Arc::from(format!(r#"{{"id":{id},"kind":"{kind}"}}"#)),
+        json: Arc::from(
+            serde_json::value::RawValue::from_string(format!(r#"{{"id":{id},"kind":"{kind}"}}"#)).unwrap(),
+        ),
         counted: kind != "loss",
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use nix::sys::socket::{self, MsgFlags, UnixAddr, sockopt};
 
 use super::{io_err, seqpacket_socket, timeval};
-use crate::client::{PortConnection, PortError, read_hello_reply};
+use crate::connection::{PortConnection, read_hello_reply};
+use crate::error::PortError;
 
 pub struct UnixPortConnection {
     fd: OwnedFd,

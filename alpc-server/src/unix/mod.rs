@@ -17,15 +17,15 @@ fn timeval(d: Duration) -> TimeVal {
 }
 
 /// Maps a failed socket call to the port error that names it.
-fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> crate::client::PortError {
-    move |e| crate::client::PortError::Io {
+fn io_err(call: &'static str) -> impl FnOnce(nix::Error) -> crate::error::PortError {
+    move |e| crate::error::PortError::Io {
         call,
         source: std::io::Error::from(e),
     }
 }
 
 /// A new `SOCK_SEQPACKET` Unix socket.
-fn seqpacket_socket() -> Result<std::os::fd::OwnedFd, crate::client::PortError> {
+fn seqpacket_socket() -> Result<std::os::fd::OwnedFd, crate::error::PortError> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
     socket(
         AddressFamily::Unix,

@@ -6,7 +6,7 @@
 //! `ClientId.UniqueProcess` is the peer pid from `SO_PEERCRED` and `MessageId` a per-port
 //! counter. So the protocol session cannot tell the platforms apart.
 //!
-//! Security (DESIGN invariant 4): the socket is mode 0600 in a 0700 directory owned by the
+//! Security (docs/design.md, invariants): the socket is mode 0600 in a 0700 directory owned by the
 //! server's user, and a peer whose `SO_PEERCRED` uid is neither ours nor root is refused.
 
 use std::fs;
@@ -17,17 +17,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lpcmon_protocol::message::{HelloReply, MIN_VERSION, VERSION};
 use lpcmon_protocol::server::{Action, ConnId};
 use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
 use nix::sys::socket::{self, Backlog, MsgFlags, SockFlag, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
 use super::{io_err, seqpacket_socket, timeval};
-use crate::client::PortError;
 use crate::dispatch::Dispatcher;
+use crate::error::PortError;
 
 /// How often blocked threads look at the stop flag and the dispatcher's timers run.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -38,6 +37,13 @@ pub struct UnixPortConfig {
     /// The largest datagram accepted; longer ones are counted as malformed.
     pub max_message: usize,
     pub max_connections: usize,
+    /// Connections only root peers may take: a crowd of the server's own user's processes
+    /// cannot lock out the root sensor. Counted within `max_connections`.
+    pub reserved_for_root: usize,
+    /// How long a peer has after connecting to send a Hello the server accepts. One that
+    /// says nothing is dropped and counted as `refused{reason="handshake_timeout"}`, so idle
+    /// connections cannot hold every slot.
+    pub handshake_timeout: Duration,
     /// Modes of the socket file and its directory: 0600 and 0700 by default. Tests widen them
     /// to let a foreign uid reach the `SO_PEERCRED` check, which is the second line of defence.
     pub socket_mode: u32,
@@ -50,6 +56,8 @@ impl UnixPortConfig {
             path: path.into(),
             max_message: 64 * 1024,
             max_connections: 64,
+            reserved_for_root: 8,
+            handshake_timeout: Duration::from_secs(5),
             socket_mode: 0o600,
             dir_mode: 0o700,
         }
@@ -211,7 +219,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, readers: &Mutex<Vec<Joi
         };
         // SAFETY: accept4 returned a new descriptor that nothing else owns.
         let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+        if shared.connections.load(Ordering::Relaxed) >= connection_limit(&shared.config, &conn) {
             let pid = peer_pid(&conn);
             shared
                 .dispatcher
@@ -272,6 +280,38 @@ fn authorise(shared: &Shared, conn: &OwnedFd) -> Option<u64> {
     Some(pid)
 }
 
+/// How many connections may be open when `conn` arrives: all of them for a root peer, all
+/// but the reserved ones for anyone else.
+fn connection_limit(config: &UnixPortConfig, conn: &OwnedFd) -> usize {
+    let root = socket::getsockopt(conn, sockopt::PeerCredentials).is_ok_and(|c| c.uid() == 0);
+    limit_for(config, root)
+}
+
+fn limit_for(config: &UnixPortConfig, root: bool) -> usize {
+    if root {
+        config.max_connections
+    } else {
+        config.max_connections.saturating_sub(config.reserved_for_root)
+    }
+}
+
+/// What a `recv` of 0 bytes means. On `SOCK_SEQPACKET` both EOF and an empty datagram read as
+/// 0 bytes with the same flags (no `MSG_EOR` either way, checked on Linux 6.x); only the
+/// socket's hang-up state tells them apart. An empty datagram sent just before the close
+/// reads as EOF, which loses nothing: the connection is ending anyway.
+fn peer_hung_up(conn: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // POLLHUP is reported whether asked for or not; a closed SEQPACKET peer sets it.
+    let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        // Cannot tell: treat it as the end rather than spin on a broken socket.
+        Err(_) => true,
+    }
+}
+
 fn peer_pid(conn: &OwnedFd) -> u64 {
     socket::getsockopt(conn, sockopt::PeerCredentials).map_or(0, |c| c.pid().max(0) as u64)
 }
@@ -282,13 +322,7 @@ fn peer_pid(conn: &OwnedFd) -> u64 {
 fn answer_refusal(conn: &OwnedFd, reason: RefuseReason, text: &str) {
     let mut hello = [0u8; 256];
     let _ = socket::recv(conn.as_raw_fd(), &mut hello, MsgFlags::MSG_TRUNC);
-    let reply = HelloReply::Refuse {
-        reason,
-        min_version: MIN_VERSION,
-        max_version: VERSION,
-        text,
-    };
-    let _ = send_all(conn, &reply.to_vec());
+    let _ = send_all(conn, &crate::decide::refusal_reply(reason, text));
 }
 
 fn header(shared: &Shared, kind: u8, len: usize, pid: u64) -> PortMessage {
@@ -309,11 +343,25 @@ fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
     let mut buf = vec![0u8; shared.config.max_message + 1];
     let mut established = false;
     let mut closing_kind = lpc::PORT_CLOSED;
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match socket::recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
-            Ok(0) => break,
+            // An empty datagram goes to the session, which counts it as malformed.
+            Ok(0) if peer_hung_up(&conn) => break,
             Ok(n) => n.min(buf.len()),
-            Err(nix::Error::EAGAIN | nix::Error::EINTR) => continue,
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {
+                if !established && Instant::now() >= handshake_deadline {
+                    let why = format!(
+                        "no valid Hello within {} ms of connecting",
+                        shared.config.handshake_timeout.as_millis()
+                    );
+                    shared
+                        .dispatcher
+                        .refuse_peer(pid, RefuseReason::HandshakeTimeout, &why);
+                    return;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(conn = id, error = %e, "connection failed");
                 closing_kind = lpc::CLIENT_DIED;
@@ -377,4 +425,29 @@ fn drain(shared: &Shared, id: ConnId, pid: u64, conn: &OwnedFd, buf: &mut [u8]) 
 
 fn send_all(conn: &impl AsFd, data: &[u8]) -> nix::Result<()> {
     socket::send(conn.as_fd().as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 9: non-root peers can never take the slots reserved for root. (The tests run
+    /// as root, and a non-root peer of a root server is refused outright, so the reservation
+    /// is checked here rather than with a second user over a socket.)
+    #[test]
+    fn non_root_peers_leave_the_reserved_slots_free() {
+        let config = UnixPortConfig {
+            max_connections: 64,
+            reserved_for_root: 8,
+            ..UnixPortConfig::new("/nonexistent")
+        };
+        assert_eq!(limit_for(&config, false), 56);
+        assert_eq!(limit_for(&config, true), 64);
+        let tiny = UnixPortConfig {
+            max_connections: 4,
+            reserved_for_root: 8,
+            ..config
+        };
+        assert_eq!(limit_for(&tiny, false), 0);
+    }
 }

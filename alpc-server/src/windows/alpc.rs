@@ -7,21 +7,22 @@
 
 use std::num::NonZeroUsize;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
-use std::ptr::{null, null_mut};
+use std::ptr::null_mut;
 use std::time::Duration;
 
-use lpcmon_protocol::PortMessage;
+use lpcmon_nt::alpc::{ALPC_PORFLG_ALLOW_LPC_REQUESTS, AlpcPortAttributes, MAX_POOL_USAGE};
+use lpcmon_nt::port_message::{ConnectionMessage, PORT_MESSAGE_SIZE};
+use lpcmon_nt::{NtStatus, PortMessage, status, timeout};
+use ntapi::ntlpcapi;
 use tracing::debug;
 
 use super::ffi::{
-    ALPC_MSGFLG_RELEASE_MESSAGE, ALPC_MSGFLG_REPLY_MESSAGE, ALPC_PORFLG_ALLOW_LPC_REQUESTS,
-    AlpcPortAttributes, ConnectionMessage, ContextAttributes, MAX_POOL_USAGE, MessageBuffer,
-    NtAlpcAcceptConnectPortFn, NtAlpcDisconnectPortFn, NtAlpcSendWaitReceivePortFn, NtName, Ntdll,
-    ObjectAttributes, check, relative_timeout,
+    ContextAttributes, MessageBuffer, NtName, Ntdll, check, message_attributes, object_attributes,
+    port_attributes, port_message, timeout_ptr,
 };
 use super::security::SecurityDescriptor;
-use crate::client::PortError;
-use crate::decide::{connect_answer_header, nt_error, reply_header, status};
+use crate::decide::{Outgoing, connect_answer_header, nt_error};
+use crate::error::PortError;
 use crate::receive_loop::PortOps;
 
 /// The largest total message ALPC allows on this system.
@@ -37,9 +38,9 @@ pub struct AlpcPort {
     port: OwnedHandle,
     attributes: AlpcPortAttributes,
     context: ContextAttributes,
-    send_wait_receive: NtAlpcSendWaitReceivePortFn,
-    accept: NtAlpcAcceptConnectPortFn,
-    disconnect: NtAlpcDisconnectPortFn,
+    send_wait_receive: ntlpcapi::NtAlpcSendWaitReceivePort,
+    accept: ntlpcapi::NtAlpcAcceptConnectPort,
+    disconnect: ntlpcapi::NtAlpcDisconnectPort,
 }
 
 impl AlpcPort {
@@ -54,13 +55,14 @@ impl AlpcPort {
         let context = ContextAttributes::new(api)?;
 
         let name = NtName::new(name)?;
-        let unicode = name.unicode_string();
-        let object_attributes = ObjectAttributes::new(&unicode, security.as_ptr());
+        let mut unicode = name.unicode_string();
+        let mut object_attributes = object_attributes(&mut unicode, security.as_ptr());
         let attributes = AlpcPortAttributes::new(ALPC_PORFLG_ALLOW_LPC_REQUESTS, max_total, MAX_POOL_USAGE);
         let mut handle = null_mut();
-        // SAFETY: every pointer refers to a live, initialised local of the declared layout;
-        // the kernel copies the name, the descriptor and the attributes during the call.
-        let code = unsafe { create(&mut handle, &object_attributes, &attributes) };
+        // SAFETY: every pointer refers to a live, initialised local of the declared layout
+        // (lpcmon_nt's attributes agree with ntapi's; ffi.rs asserts it); the kernel copies the
+        // name, the descriptor and the attributes during the call and writes only `handle`.
+        let code = unsafe { create(&mut handle, &mut object_attributes, port_attributes(&attributes)) };
         check("NtAlpcCreatePort", code)?;
         if handle.is_null() {
             return Err(nt_error("NtAlpcCreatePort", status::INVALID_HANDLE));
@@ -80,23 +82,24 @@ impl AlpcPort {
 
     /// The largest data one message may carry on this port.
     pub fn max_data(&self) -> usize {
-        self.attributes.max_message_length - lpcmon_protocol::port_message::PORT_MESSAGE_SIZE
+        self.attributes.max_message_length - PORT_MESSAGE_SIZE
     }
 
-    /// Sends `message` on the connection port with `flags` and receives nothing.
-    fn send(&self, call: &'static str, flags: u32, message: *const PortMessage) -> Result<(), PortError> {
-        // SAFETY: `message` points at a whole message (header and the data its TotalLength
-        // covers) that the caller keeps alive for the call; no receive buffer is passed.
+    /// Sends a header-only message on the connection port with the flags of its kind, and
+    /// receives nothing.
+    fn send(&self, call: &'static str, message: &Outgoing) -> Result<(), PortError> {
+        // SAFETY: `message.header` is a whole header-only message (TotalLength 40) that lives
+        // for the call; no receive buffer is passed, so the kernel writes nothing of ours.
         let code = unsafe {
             (self.send_wait_receive)(
                 self.port.as_raw_handle(),
-                flags,
-                message,
+                message.flags(),
+                port_message(&message.header),
                 null_mut(),
                 null_mut(),
                 null_mut(),
                 null_mut(),
-                null(),
+                null_mut(),
             )
         };
         check(call, code)
@@ -113,24 +116,25 @@ impl PortOps for AlpcPort {
         MessageBuffer::new(self.attributes.max_message_length)
     }
 
-    fn receive(&mut self, buffer: &mut MessageBuffer, timeout: Duration) -> (u32, usize) {
+    fn receive(&mut self, buffer: &mut MessageBuffer, wait: Duration) -> (NtStatus, usize) {
         let mut length = buffer.capacity();
-        let timeout = relative_timeout(timeout);
+        let mut timeout = timeout::relative(wait);
         let attributes = self.context.as_mut_ptr();
         // SAFETY: the buffer is 8-aligned and `length` bytes long; `length`, the attribute
-        // buffer (sized by AlpcGetHeaderSize) and `timeout` are live for the call.
+        // buffer (sized by AlpcGetHeaderSize) and `timeout` are live for the call. Nothing is
+        // sent (no send message), so the flags are 0.
         let code = unsafe {
             (self.send_wait_receive)(
                 self.port.as_raw_handle(),
                 0,
-                null(),
                 null_mut(),
-                buffer.as_mut_ptr(),
+                null_mut(),
+                port_message(buffer.as_mut_ptr()),
                 &mut length,
-                attributes,
-                &timeout,
+                message_attributes(attributes),
+                timeout_ptr(&mut timeout),
             )
-        } as u32;
+        };
         let context = if code == status::SUCCESS {
             self.context.port_context()
         } else {
@@ -156,10 +160,10 @@ impl PortOps for AlpcPort {
                 &mut handle,
                 self.port.as_raw_handle(),
                 0,
-                null(),
-                &self.attributes,
+                null_mut(),
+                port_attributes(&self.attributes),
                 context,
-                &answer.header,
+                port_message(&answer.header),
                 null_mut(),
                 u8::from(accept.is_some()),
             )
@@ -173,23 +177,13 @@ impl PortOps for AlpcPort {
         Ok(accept.map(|_| handle))
     }
 
-    fn reply(&mut self, request: &PortMessage, _connection: Option<&OwnedHandle>) -> Result<(), PortError> {
+    fn reply(&mut self, reply: &Outgoing, _connection: Option<&OwnedHandle>) -> Result<(), PortError> {
         // ALPC replies go through the connection port; the MessageId names the request.
-        let reply = reply_header(request);
-        self.send(
-            "NtAlpcSendWaitReceivePort(reply)",
-            ALPC_MSGFLG_REPLY_MESSAGE,
-            &reply,
-        )
+        self.send("NtAlpcSendWaitReceivePort(reply)", reply)
     }
 
-    fn release(&mut self, buffer: &MessageBuffer) -> Result<(), PortError> {
-        // The message as received, still intact in the buffer, names what to release.
-        self.send(
-            "NtAlpcSendWaitReceivePort(release)",
-            ALPC_MSGFLG_RELEASE_MESSAGE,
-            buffer.as_ptr(),
-        )
+    fn release(&mut self, release: &Outgoing) -> Result<(), PortError> {
+        self.send("NtAlpcSendWaitReceivePort(release)", release)
     }
 
     fn disconnect(&mut self, connection: OwnedHandle) {

@@ -2,29 +2,33 @@
 //! (`NtAlpcConnectPort`) and legacy LPC (`NtConnectPort`, `NtSecureConnectPort`), each a
 //! [`PortConnection`].
 //!
-//! The Hello travels as connection information and the server's HelloReply comes back in the
-//! same buffer, read with [`read_hello_reply`]. A send is a datagram (`NtRequestPort`, or
-//! `NtAlpcSendWaitReceivePort` without a receive); a request waits for the server's reply
-//! (`NtRequestWaitReplyPort`, or an ALPC synchronous request).
+//! The Hello travels as connection information and, when the server accepts, its HelloReply
+//! comes back in the same buffer, read with [`read_hello_reply`]. A send is a datagram
+//! (`NtRequestPort`, or `NtAlpcSendWaitReceivePort` with `SendKind::Datagram`'s
+//! `RELEASE_MESSAGE`); a request waits for the server's reply (`NtRequestWaitReplyPort`, or an
+//! ALPC `SendKind::Request`).
 //!
-//! Legacy LPC returns at most as many bytes of connection information as the client sent, so
-//! a refusal whose text is longer than the Hello arrives cut short; it is still reported as a
-//! refusal.
+//! A refused connect returns no connection information: the kernel copies none back, so the
+//! buffer still holds the client's own Hello and is not read. The refusal is reported with
+//! the kernel's cause (`lpcmon_nt::ConnectStatus`), not the server's text.
 
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
-use std::ptr::{null, null_mut};
+use std::ptr::null_mut;
 use std::time::Duration;
 
-use lpcmon_protocol::port_message::{LPC_LEGACY_MAX_DATA, LPC_MAX_CONNECTION_INFO, PORT_MESSAGE_SIZE};
+use lpcmon_nt::alpc::{ALPC_SYNC_CONNECTION, AlpcPortAttributes, MAX_POOL_USAGE, SendKind};
+use lpcmon_nt::port_message::{
+    ConnectionMessage, LPC_LEGACY_MAX_DATA, LPC_MAX_CONNECTION_INFO, PORT_MESSAGE_SIZE,
+};
+use lpcmon_nt::security::{LOCAL_SYSTEM_SID, SecurityQos};
+use lpcmon_nt::{ConnectStatus, NtStatus, status, timeout};
+use ntapi::ntlpcapi;
 
 use super::alpc::max_total_message;
-use super::ffi::{
-    ALPC_MSGFLG_SYNC_REQUEST, ALPC_SYNC_CONNECTION, AlpcPortAttributes, ConnectionMessage, LOCAL_SYSTEM_SID,
-    MAX_POOL_USAGE, MessageBuffer, NtAlpcSendWaitReceivePortFn, NtName, NtRequestPortFn,
-    NtRequestWaitReplyPortFn, NtStatus, SecurityQualityOfService, ntdll, relative_timeout,
-};
-use crate::client::{PortConnection, PortError, read_hello_reply};
-use crate::decide::{client_error, nt_error, send_header, status};
+use super::ffi::{MessageBuffer, NtName, ntdll, port_attributes, port_message, security_qos, timeout_ptr};
+use crate::connection::{PortConnection, read_hello_reply};
+use crate::decide::{client_error, connect_error, nt_error, send_header};
+use crate::error::PortError;
 
 /// Which connect call a client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,9 +36,10 @@ pub enum ClientApi {
     /// `NtAlpcConnectPort`, with a connect timeout.
     #[default]
     Alpc,
-    /// `NtConnectPort`: what the driver uses when configured for it. No timeout.
+    /// `NtConnectPort`: legacy LPC, for comparing it with ALPC. No timeout.
     Lpc,
-    /// `NtSecureConnectPort`: the driver's default. No timeout.
+    /// `NtSecureConnectPort`: legacy LPC that refuses a server not running as LocalSystem.
+    /// No timeout.
     SecureLpc,
 }
 
@@ -86,31 +91,27 @@ fn check_hello(hello: &[u8]) -> Result<(), PortError> {
     Ok(())
 }
 
-fn required_sid(options: &ClientOptions) -> *const std::ffi::c_void {
+fn required_sid(options: &ClientOptions) -> *mut std::ffi::c_void {
     if options.require_system_server {
-        std::ptr::from_ref(&LOCAL_SYSTEM_SID).cast()
+        LOCAL_SYSTEM_SID.as_psid()
     } else {
-        null()
+        null_mut()
     }
 }
 
-/// The outcome of a connect call whose connection information holds the server's answer.
+/// The outcome of a connect call: what its status means is `lpcmon_nt::ConnectStatus`'s
+/// decision (the driver's too). Only a successful connect's `answer` holds the server's
+/// HelloReply; after a refusal it is still the client's own Hello and is not read.
 fn read_connect_answer(
     call: &'static str,
     code: NtStatus,
-    answer: &[u8],
+    answer: impl FnOnce() -> Vec<u8>,
     port_name: &str,
+    timeout: Duration,
 ) -> Result<usize, PortError> {
-    match code as u32 {
-        status::SUCCESS => read_hello_reply(answer),
-        status::PORT_CONNECTION_REFUSED => match read_hello_reply(answer) {
-            Err(refused @ PortError::Refused { .. }) => Err(refused),
-            _ => Err(PortError::Refused {
-                reason: "refused",
-                text: "the server refused the connection without a readable reason".to_owned(),
-            }),
-        },
-        other => Err(client_error(call, other, port_name)),
+    match ConnectStatus::of(code) {
+        ConnectStatus::Connected => read_hello_reply(&answer()),
+        _ => Err(connect_error(call, code, port_name, timeout)),
     }
 }
 
@@ -141,7 +142,7 @@ pub struct AlpcConnection {
     message: MessageBuffer,
     reply: MessageBuffer,
     request_timeout: Option<Duration>,
-    send_wait_receive: NtAlpcSendWaitReceivePortFn,
+    send_wait_receive: ntlpcapi::NtAlpcSendWaitReceivePort,
 }
 
 impl AlpcConnection {
@@ -152,36 +153,39 @@ impl AlpcConnection {
         let send_wait_receive = api.NtAlpcSendWaitReceivePort()?;
         let max_total = max_total_message(api)?;
         let name = NtName::new(port_name)?;
-        let unicode = name.unicode_string();
+        let mut unicode = name.unicode_string();
         let attributes = AlpcPortAttributes::new(0, max_total, MAX_POOL_USAGE);
         let mut message = ConnectionMessage::new(send_header(hello.len()), hello);
         let mut length = size_of::<ConnectionMessage>();
-        let timeout = relative_timeout(options.connect_timeout);
+        let mut timeout = timeout::relative(options.connect_timeout);
         let mut handle = null_mut();
-        // SAFETY: every pointer refers to a live local of the declared layout; the connection
-        // message buffer is `length` bytes and the kernel writes the server's answer into it;
-        // `length` is a SIZE_T as the x64 kernel expects; the SID is a static.
+        // SAFETY: every pointer refers to a live local of the declared layout (lpcmon_nt's,
+        // which agree with ntapi's); the connection message buffer is `length` bytes and the
+        // kernel writes the server's answer into it; `length` is a SIZE_T as the x64 kernel
+        // expects (NtAlpcConnectPortFn); the SID is a static the call only reads.
         let code = unsafe {
             connect(
                 &mut handle,
-                &unicode,
-                null(),
-                &attributes,
+                &mut unicode,
+                null_mut(),
+                port_attributes(&attributes),
                 ALPC_SYNC_CONNECTION,
                 required_sid(options),
-                &mut message.header,
+                port_message(std::ptr::from_mut(&mut message.header)),
                 &mut length,
                 null_mut(),
                 null_mut(),
-                &timeout,
+                timeout_ptr(&mut timeout),
             )
         };
         let port = adopt(handle);
-        // STATUS_TIMEOUT is a success code, so it is told apart before anything else.
-        if code as u32 == status::TIMEOUT {
-            return Err(PortError::Timeout(options.connect_timeout));
-        }
-        let agreed = read_connect_answer("NtAlpcConnectPort", code, message.payload(), port_name)?;
+        let agreed = read_connect_answer(
+            "NtAlpcConnectPort",
+            code,
+            || message.payload().to_vec(),
+            port_name,
+            options.connect_timeout,
+        )?;
         let port = port.ok_or_else(|| nt_error("NtAlpcConnectPort", status::INVALID_HANDLE))?;
         let transport = max_total - PORT_MESSAGE_SIZE;
         Ok(AlpcConnection {
@@ -207,49 +211,47 @@ impl PortConnection for AlpcConnection {
 
     fn send(&mut self, data: &[u8]) -> Result<(), PortError> {
         self.prepare(data)?;
+        let kind = SendKind::Datagram;
         // SAFETY: the message buffer holds a complete message of the length its header says;
         // no receive buffer is passed, so the call returns once the datagram is queued.
         let code = unsafe {
             (self.send_wait_receive)(
                 self.port.as_raw_handle(),
-                0,
-                self.message.as_ptr(),
+                kind.flags(),
+                port_message(self.message.as_ptr()),
                 null_mut(),
                 null_mut(),
                 null_mut(),
                 null_mut(),
-                null(),
+                null_mut(),
             )
         };
-        if code < 0 {
-            return Err(client_error(
-                "NtAlpcSendWaitReceivePort",
-                code as u32,
-                &self.port_name,
-            ));
+        if !status::is_success(code) {
+            return Err(client_error("NtAlpcSendWaitReceivePort", code, &self.port_name));
         }
         Ok(())
     }
 
     fn request(&mut self, data: &[u8]) -> Result<(), PortError> {
         self.prepare(data)?;
+        let kind = SendKind::Request;
         let mut length = self.reply.capacity();
-        let timeout = self.request_timeout.map(relative_timeout);
-        let timeout_ptr = timeout.as_ref().map_or(null(), std::ptr::from_ref);
+        let mut timeout = self.request_timeout.map(timeout::relative);
+        let timeout = timeout.as_mut().map_or(null_mut(), timeout_ptr);
         // SAFETY: the message buffer holds a complete message; the reply buffer is `length`
         // bytes and 8-aligned; `length` and the optional timeout are live locals.
         let code = unsafe {
             (self.send_wait_receive)(
                 self.port.as_raw_handle(),
-                ALPC_MSGFLG_SYNC_REQUEST,
-                self.message.as_ptr(),
+                kind.flags(),
+                port_message(self.message.as_ptr()),
                 null_mut(),
-                self.reply.as_mut_ptr(),
+                port_message(self.reply.as_mut_ptr()),
                 &mut length,
                 null_mut(),
-                timeout_ptr,
+                timeout,
             )
-        } as u32;
+        };
         match code {
             status::SUCCESS => Ok(()),
             status::TIMEOUT => Err(PortError::Timeout(self.request_timeout.unwrap_or_default())),
@@ -266,8 +268,8 @@ pub struct LpcConnection {
     limit: usize,
     message: MessageBuffer,
     reply: MessageBuffer,
-    request: NtRequestPortFn,
-    request_wait_reply: NtRequestWaitReplyPortFn,
+    request: ntlpcapi::NtRequestPort,
+    request_wait_reply: ntlpcapi::NtRequestWaitReplyPort,
 }
 
 impl LpcConnection {
@@ -277,8 +279,8 @@ impl LpcConnection {
         let request = api.NtRequestPort()?;
         let request_wait_reply = api.NtRequestWaitReplyPort()?;
         let name = NtName::new(port_name)?;
-        let unicode = name.unicode_string();
-        let qos = SecurityQualityOfService::identification();
+        let mut unicode = name.unicode_string();
+        let qos = SecurityQos::identification();
         let mut information = [0u8; LPC_MAX_CONNECTION_INFO];
         information[..hello.len()].copy_from_slice(hello);
         // In: the Hello's length. Out: the length of the server's answer, never more than
@@ -294,8 +296,8 @@ impl LpcConnection {
             let code = unsafe {
                 connect(
                     &mut handle,
-                    &unicode,
-                    &qos,
+                    &mut unicode,
+                    security_qos(&qos),
                     null_mut(),
                     required_sid(options),
                     null_mut(),
@@ -311,8 +313,8 @@ impl LpcConnection {
             let code = unsafe {
                 connect(
                     &mut handle,
-                    &unicode,
-                    &qos,
+                    &mut unicode,
+                    security_qos(&qos),
                     null_mut(),
                     null_mut(),
                     &mut max_message,
@@ -322,9 +324,10 @@ impl LpcConnection {
             };
             ("NtConnectPort", code)
         };
-        let answer = &information[..(information_length as usize).min(LPC_MAX_CONNECTION_INFO)];
+        let answer = || information[..(information_length as usize).min(LPC_MAX_CONNECTION_INFO)].to_vec();
         let port = adopt(handle);
-        let agreed = read_connect_answer(call, code, answer, port_name)?;
+        // Legacy connects have no timeout; a timeout status cannot come back.
+        let agreed = read_connect_answer(call, code, answer, port_name, Duration::ZERO)?;
         let port = port.ok_or_else(|| nt_error(call, status::INVALID_HANDLE))?;
         // The port's MaxMessageLength is a total; 0 would mean the kernel did not say.
         let transport = match max_message as usize {
@@ -357,9 +360,9 @@ impl PortConnection for LpcConnection {
         self.prepare(data)?;
         // SAFETY: the buffer holds a complete message of the length its header says, with
         // DataInfoOffset 0 as NtRequestPort requires.
-        let code = unsafe { (self.request)(self.port.as_raw_handle(), self.message.as_ptr()) };
-        if code < 0 {
-            return Err(client_error("NtRequestPort", code as u32, &self.port_name));
+        let code = unsafe { (self.request)(self.port.as_raw_handle(), port_message(self.message.as_ptr())) };
+        if !status::is_success(code) {
+            return Err(client_error("NtRequestPort", code, &self.port_name));
         }
         Ok(())
     }
@@ -371,16 +374,12 @@ impl PortConnection for LpcConnection {
         let code = unsafe {
             (self.request_wait_reply)(
                 self.port.as_raw_handle(),
-                self.message.as_ptr(),
-                self.reply.as_mut_ptr(),
+                port_message(self.message.as_ptr()),
+                port_message(self.reply.as_mut_ptr()),
             )
         };
-        if code < 0 {
-            return Err(client_error(
-                "NtRequestWaitReplyPort",
-                code as u32,
-                &self.port_name,
-            ));
+        if !status::is_success(code) {
+            return Err(client_error("NtRequestWaitReplyPort", code, &self.port_name));
         }
         Ok(())
     }

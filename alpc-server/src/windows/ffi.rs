@@ -1,320 +1,200 @@
-//! Hand-declared ntdll port bindings and every structure lpcmon passes to the kernel (x64).
+//! ntdll's port functions and the structures lpcmon passes to them (x64).
 //!
-//! The layouts follow phnt `ntlpcapi.h` and `shared/reference/LPC.md`; each is pinned by
-//! compile-time size and offset assertions, which `cargo check --target x86_64-pc-windows-msvc`
-//! evaluates on Linux too. `PORT_MESSAGE` itself is `lpcmon_protocol::PortMessage`, whose x64
-//! layout the protocol crate already asserts, so the bytes the kernel writes are the bytes the
-//! session code parses.
+//! **ntapi where it is right.** The function prototypes are ntapi 0.4's (its `func-types`
+//! feature gives each as a function-pointer type), and so are `UNICODE_STRING` and
+//! `OBJECT_ATTRIBUTES`. lpcmon keeps its own declarations only where ntapi is wrong or where the
+//! driver needs the same one without ntapi (`lpcmon_nt`):
+//! - `NtAlpcConnectPort`: ntapi declares `BufferLength` as `PULONG`; the x64 kernel writes a
+//!   `SIZE_T` (8 bytes) there, so ntapi's prototype would let it overwrite 4 bytes past a
+//!   `ULONG`. [`NtAlpcConnectPortFn`] takes `*mut usize`.
+//! - `PORT_MESSAGE` (`lpcmon_nt::PortMessage`): ntapi's is made of C unions; lpcmon's plain
+//!   struct is what the session code and the Linux tests parse. ntapi's `LPC_*` types are
+//!   `ULONG`, its `LPC_KERNELMODE_MESSAGE` overflows the `CSHORT` it is declared as, and it lacks
+//!   `LPC_CONTINUATION_REQUIRED` (`lpcmon_nt::lpc` has them right).
+//! - `ALPC_PORT_ATTRIBUTES`, `SECURITY_QUALITY_OF_SERVICE`, `ALPC_MESSAGE_ATTRIBUTES`,
+//!   `ALPC_CONTEXT_ATTR`: shared with the driver through `lpcmon_nt`; ntapi lacks most
+//!   `ALPC_PORFLG_*` / `ALPC_MSGFLG_*` values.
 //!
-//! **Why the functions are resolved at run time** (`GetProcAddress`), not linked:
-//! - ntapi 0.4.3 gets several of them wrong (LPC.md): `NtAlpcConnectPort`'s BufferLength is
-//!   `PULONG` there, but the x64 kernel writes a `SIZE_T`; the `LPC_*` constants are ULONG and
-//!   `LPC_KERNELMODE_MESSAGE` overflows CSHORT; `LPC_CONTINUATION_REQUIRED` and most
-//!   `ALPC_PORFLG_*` flags are missing. So nothing here comes from ntapi.
-//! - Wine's ntdll exports none of the `NtAlpc*`/`Alpc*` functions, nor `NtRequestPort`,
-//!   `NtReplyPort` or `NtReplyWaitReceivePortEx`. A load-time import of any of them keeps the
-//!   whole `lpcmon.exe` from starting under wine; resolved lazily, a missing one becomes a
-//!   clear `STATUS_PROCEDURE_NOT_FOUND` naming it, and everything else still runs.
-//! - mingw-w64's `libntdll.a` and MSVC's `ntdll.lib` differ in which of these they list.
+//! For each of these the assertions below check, at compile time, that lpcmon's layout and
+//! ntapi's agree (size and every field offset), so a pointer to one may be passed as the other.
+//!
+//! **Why the functions are resolved at run time** (`GetProcAddress`), not linked: Wine's ntdll
+//! exports none of the `NtAlpc*`/`Alpc*` functions, nor `NtRequestPort`, `NtReplyPort` or
+//! `NtReplyWaitReceivePortEx`. A load-time import of any of them keeps the whole `lpcmon.exe`
+//! from starting under wine; resolved lazily, a missing one becomes a clear
+//! `STATUS_PROCEDURE_NOT_FOUND` naming it, and everything else still runs. ntapi is therefore
+//! used without its `user` feature: nothing links ntdll through it.
 
 use std::ffi::c_void;
-use std::mem::{align_of, offset_of, size_of};
+use std::mem::{offset_of, size_of};
 use std::sync::OnceLock;
 
-use lpcmon_protocol::PortMessage;
-use lpcmon_protocol::port_message::{LPC_MAX_CONNECTION_INFO, PORT_MESSAGE_SIZE};
-use windows_sys::Win32::Foundation::{HANDLE, HMODULE};
+use lpcmon_nt::NtStatus;
+use lpcmon_nt::PortName;
+use lpcmon_nt::alpc::{
+    ALPC_MESSAGE_CONTEXT_ATTRIBUTE, AlpcContextAttr, AlpcMessageAttributes, AlpcPortAttributes,
+};
+use lpcmon_nt::port_message::PORT_MESSAGE_SIZE;
+use lpcmon_nt::security::SecurityQos;
+use lpcmon_nt::{PortMessage, status};
+use ntapi::ntlpcapi;
+use ntapi::winapi::shared::ntdef::{HANDLE, OBJ_CASE_INSENSITIVE, OBJECT_ATTRIBUTES, UNICODE_STRING};
+use ntapi::winapi::um::winnt::{PSID, SECURITY_QUALITY_OF_SERVICE};
+use windows_sys::Win32::Foundation::HMODULE;
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 
-use crate::client::PortError;
-use crate::decide::{nt_error, status};
+use crate::decide::nt_error;
+use crate::error::PortError;
 
 #[cfg(not(target_pointer_width = "64"))]
-compile_error!("lpcmon's port structures are declared for 64-bit Windows only (LPC.md gives x64 layouts)");
+compile_error!("lpcmon's port structures are declared for 64-bit Windows only");
 
-/// `NTSTATUS`: negative values are errors; 0x102 (STATUS_TIMEOUT) is a *success* code.
-pub type NtStatus = i32;
-
-/// `OBJ_CASE_INSENSITIVE` (ntdef.h): object names are looked up without case, as Windows does.
-pub const OBJ_CASE_INSENSITIVE: u32 = 0x40;
-
-/// `ALPC_PORFLG_ALLOW_LPC_REQUESTS` (phnt ntlpcapi.h; LPC.md): legacy `NtConnectPort` /
-/// `ZwConnectPort` clients, such as the driver, may connect to this ALPC port.
-pub const ALPC_PORFLG_ALLOW_LPC_REQUESTS: u32 = 0x0002_0000;
-
-/// `ALPC_MSGFLG_REPLY_MESSAGE` (phnt): the message sent is the reply to a request.
-pub const ALPC_MSGFLG_REPLY_MESSAGE: u32 = 0x1;
-/// `ALPC_MSGFLG_RELEASE_MESSAGE` (phnt): free a received message the kernel kept for us
-/// (`LPC_CONTINUATION_REQUIRED`).
-pub const ALPC_MSGFLG_RELEASE_MESSAGE: u32 = 0x0001_0000;
-/// `ALPC_MSGFLG_SYNC_REQUEST` (phnt): send a request and wait for its reply.
-pub const ALPC_MSGFLG_SYNC_REQUEST: u32 = 0x0002_0000;
-
-/// `ALPC_SYNC_CONNECTION` (csandker `ALPC.h`; absent from phnt, LPC.md): `NtAlpcConnectPort`
-/// returns only once the server accepted or refused.
-pub const ALPC_SYNC_CONNECTION: u32 = 0x0002_0000;
-
-/// `ALPC_MESSAGE_CONTEXT_ATTRIBUTE` (phnt): the receive fills in the sender's PortContext.
-pub const ALPC_MESSAGE_CONTEXT_ATTRIBUTE: u32 = 0x2000_0000;
-
-/// `ALPC_PORT_ATTRIBUTES.MaxPoolUsage` for lpcmon's ports: the pool quota for messages queued
-/// and not yet received. It bounds the kernel memory a stalled server can pin (DESIGN.md §3.2);
-/// a producer that hits it gets a send error and reports the events as lost. Public samples
-/// pass 0 (smss) or 0xFFFFFFFF (csandker); this bound has not been measured on Windows.
-pub const MAX_POOL_USAGE: usize = 32 * 1024 * 1024;
-
-/// `SecurityIdentification` (winnt.h `SECURITY_IMPERSONATION_LEVEL`): the server may learn who
-/// the client is but never act as it.
-pub const SECURITY_IDENTIFICATION: i32 = 1;
-/// `SECURITY_DYNAMIC_TRACKING` (winnt.h).
-pub const SECURITY_DYNAMIC_TRACKING: u8 = 1;
-
-/// `UNICODE_STRING`, x64: 16 bytes. Lengths are in bytes, without a terminator.
-#[repr(C)]
-#[derive(Debug)]
-pub struct UnicodeString {
-    pub length: u16,
-    pub maximum_length: u16,
-    pub buffer: *const u16,
-}
-
+// lpcmon_nt's layouts and ntapi's agree, field by field (x64).
 const _: () = {
-    assert!(size_of::<UnicodeString>() == 16);
-    assert!(offset_of!(UnicodeString, maximum_length) == 2);
-    assert!(offset_of!(UnicodeString, buffer) == 8);
+    use ntlpcapi::{ALPC_CONTEXT_ATTR, ALPC_MESSAGE_ATTRIBUTES, ALPC_PORT_ATTRIBUTES, PORT_MESSAGE};
+
+    assert!(size_of::<PortMessage>() == size_of::<PORT_MESSAGE>());
+    assert!(size_of::<PORT_MESSAGE>() == PORT_MESSAGE_SIZE);
+    assert!(offset_of!(PORT_MESSAGE, u1) == offset_of!(PortMessage, data_length));
+    assert!(offset_of!(PORT_MESSAGE, u2) == offset_of!(PortMessage, message_type));
+    assert!(offset_of!(PORT_MESSAGE, u3) == offset_of!(PortMessage, client_process));
+    assert!(offset_of!(PORT_MESSAGE, MessageId) == offset_of!(PortMessage, message_id));
+    assert!(offset_of!(PORT_MESSAGE, u4) == offset_of!(PortMessage, client_view_size));
+
+    assert!(size_of::<SecurityQos>() == size_of::<SECURITY_QUALITY_OF_SERVICE>());
+    assert!(
+        offset_of!(SECURITY_QUALITY_OF_SERVICE, ImpersonationLevel)
+            == offset_of!(SecurityQos, impersonation_level)
+    );
+    assert!(
+        offset_of!(SECURITY_QUALITY_OF_SERVICE, ContextTrackingMode)
+            == offset_of!(SecurityQos, context_tracking_mode)
+    );
+    assert!(
+        offset_of!(SECURITY_QUALITY_OF_SERVICE, EffectiveOnly) == offset_of!(SecurityQos, effective_only)
+    );
+
+    assert!(size_of::<AlpcPortAttributes>() == size_of::<ALPC_PORT_ATTRIBUTES>());
+    assert!(offset_of!(ALPC_PORT_ATTRIBUTES, SecurityQos) == offset_of!(AlpcPortAttributes, security_qos));
+    assert!(
+        offset_of!(ALPC_PORT_ATTRIBUTES, MaxMessageLength)
+            == offset_of!(AlpcPortAttributes, max_message_length)
+    );
+    assert!(
+        offset_of!(ALPC_PORT_ATTRIBUTES, MemoryBandwidth) == offset_of!(AlpcPortAttributes, memory_bandwidth)
+    );
+    assert!(offset_of!(ALPC_PORT_ATTRIBUTES, MaxPoolUsage) == offset_of!(AlpcPortAttributes, max_pool_usage));
+    assert!(
+        offset_of!(ALPC_PORT_ATTRIBUTES, MaxSectionSize) == offset_of!(AlpcPortAttributes, max_section_size)
+    );
+    assert!(offset_of!(ALPC_PORT_ATTRIBUTES, MaxViewSize) == offset_of!(AlpcPortAttributes, max_view_size));
+    assert!(
+        offset_of!(ALPC_PORT_ATTRIBUTES, MaxTotalSectionSize)
+            == offset_of!(AlpcPortAttributes, max_total_section_size)
+    );
+    assert!(
+        offset_of!(ALPC_PORT_ATTRIBUTES, DupObjectTypes) == offset_of!(AlpcPortAttributes, dup_object_types)
+    );
+    assert!(offset_of!(ALPC_PORT_ATTRIBUTES, Reserved) == offset_of!(AlpcPortAttributes, reserved));
+
+    assert!(size_of::<AlpcMessageAttributes>() == size_of::<ALPC_MESSAGE_ATTRIBUTES>());
+    assert!(
+        offset_of!(ALPC_MESSAGE_ATTRIBUTES, ValidAttributes)
+            == offset_of!(AlpcMessageAttributes, valid_attributes)
+    );
+
+    assert!(size_of::<AlpcContextAttr>() == size_of::<ALPC_CONTEXT_ATTR>());
+    assert!(offset_of!(ALPC_CONTEXT_ATTR, Sequence) == offset_of!(AlpcContextAttr, sequence));
+    assert!(offset_of!(ALPC_CONTEXT_ATTR, MessageId) == offset_of!(AlpcContextAttr, message_id));
+    assert!(offset_of!(ALPC_CONTEXT_ATTR, CallbackId) == offset_of!(AlpcContextAttr, callback_id));
+
+    assert!(ntlpcapi::ALPC_MESSAGE_CONTEXT_ATTRIBUTE == ALPC_MESSAGE_CONTEXT_ATTRIBUTE);
+    assert!(
+        ntlpcapi::LPC_MAX_CONNECTION_INFO_SIZE as usize == lpcmon_nt::port_message::LPC_MAX_CONNECTION_INFO
+    );
 };
 
-/// `OBJECT_ATTRIBUTES`, x64: 48 bytes.
-#[repr(C)]
-#[derive(Debug)]
-pub struct ObjectAttributes {
-    pub length: u32,
-    pub root_directory: HANDLE,
-    pub object_name: *const UnicodeString,
-    pub attributes: u32,
-    pub security_descriptor: *const c_void,
-    pub security_quality_of_service: *const c_void,
+/// A `PORT_MESSAGE` pointer as ntapi's prototypes take it (the layouts agree; see above).
+/// ntapi types every message pointer `*mut`; a buffer the kernel writes must come from a
+/// `*mut` (or `&mut`) in the first place, which each call site's SAFETY comment states.
+pub fn port_message(message: *const PortMessage) -> ntlpcapi::PPORT_MESSAGE {
+    message.cast_mut().cast()
 }
 
-const _: () = {
-    assert!(size_of::<ObjectAttributes>() == 48);
-    assert!(offset_of!(ObjectAttributes, root_directory) == 8);
-    assert!(offset_of!(ObjectAttributes, object_name) == 16);
-    assert!(offset_of!(ObjectAttributes, attributes) == 24);
-    assert!(offset_of!(ObjectAttributes, security_descriptor) == 32);
-    assert!(offset_of!(ObjectAttributes, security_quality_of_service) == 40);
-};
+/// An `ALPC_PORT_ATTRIBUTES` pointer as ntapi's prototypes take it.
+pub fn port_attributes(attributes: &AlpcPortAttributes) -> ntlpcapi::PALPC_PORT_ATTRIBUTES {
+    std::ptr::from_ref(attributes).cast_mut().cast()
+}
 
-impl ObjectAttributes {
-    /// Attributes naming `name` (case-insensitively), with an optional security descriptor.
-    pub fn new(name: &UnicodeString, security_descriptor: *const c_void) -> Self {
-        ObjectAttributes {
-            length: size_of::<ObjectAttributes>() as u32,
-            root_directory: std::ptr::null_mut(),
-            object_name: name,
-            attributes: OBJ_CASE_INSENSITIVE,
-            security_descriptor,
-            security_quality_of_service: std::ptr::null(),
-        }
+/// A `SECURITY_QUALITY_OF_SERVICE` pointer as ntapi's prototypes take it.
+pub fn security_qos(qos: &SecurityQos) -> *mut SECURITY_QUALITY_OF_SERVICE {
+    std::ptr::from_ref(qos).cast_mut().cast()
+}
+
+/// An `ALPC_MESSAGE_ATTRIBUTES` pointer as ntapi's prototypes take it.
+pub fn message_attributes(attributes: *mut AlpcMessageAttributes) -> ntlpcapi::PALPC_MESSAGE_ATTRIBUTES {
+    attributes.cast()
+}
+
+/// A relative NT timeout (`lpcmon_nt::timeout`) as the `PLARGE_INTEGER` the calls take.
+pub fn timeout_ptr(timeout: &mut i64) -> *mut ntapi::winapi::shared::ntdef::LARGE_INTEGER {
+    std::ptr::from_mut(timeout).cast()
+}
+
+/// `NtAlpcConnectPort` as the x64 kernel defines it: ntapi's prototype has
+/// `BufferLength: PULONG`, but the kernel reads and writes a `SIZE_T` there.
+pub type NtAlpcConnectPortFn = unsafe extern "system" fn(
+    port_handle: *mut HANDLE,
+    port_name: *mut UNICODE_STRING,
+    object_attributes: *mut OBJECT_ATTRIBUTES,
+    port_attributes: ntlpcapi::PALPC_PORT_ATTRIBUTES,
+    flags: u32,
+    required_server_sid: PSID,
+    connection_message: ntlpcapi::PPORT_MESSAGE,
+    buffer_length: *mut usize,
+    out_message_attributes: ntlpcapi::PALPC_MESSAGE_ATTRIBUTES,
+    in_message_attributes: ntlpcapi::PALPC_MESSAGE_ATTRIBUTES,
+    timeout: *mut ntapi::winapi::shared::ntdef::LARGE_INTEGER,
+) -> NtStatus;
+
+/// `OBJECT_ATTRIBUTES` naming `name` (case-insensitively), with an optional security
+/// descriptor: what `InitializeObjectAttributes` (a macro) fills in.
+pub fn object_attributes(name: &mut UNICODE_STRING, security_descriptor: *const c_void) -> OBJECT_ATTRIBUTES {
+    OBJECT_ATTRIBUTES {
+        Length: size_of::<OBJECT_ATTRIBUTES>() as u32,
+        RootDirectory: std::ptr::null_mut(),
+        ObjectName: name,
+        Attributes: OBJ_CASE_INSENSITIVE,
+        SecurityDescriptor: security_descriptor.cast_mut(),
+        SecurityQualityOfService: std::ptr::null_mut(),
     }
 }
 
-/// `SECURITY_QUALITY_OF_SERVICE`: 12 bytes, 4-aligned (LPC.md: it sits at offset 4 of
-/// `ALPC_PORT_ATTRIBUTES`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct SecurityQualityOfService {
-    pub length: u32,
-    pub impersonation_level: i32,
-    pub context_tracking_mode: u8,
-    pub effective_only: u8,
-}
-
-const _: () = {
-    assert!(size_of::<SecurityQualityOfService>() == 12);
-    assert!(align_of::<SecurityQualityOfService>() == 4);
-    assert!(offset_of!(SecurityQualityOfService, context_tracking_mode) == 8);
-    assert!(offset_of!(SecurityQualityOfService, effective_only) == 9);
-};
-
-impl SecurityQualityOfService {
-    /// What every lpcmon port and client asks for: identification only.
-    pub fn identification() -> Self {
-        SecurityQualityOfService {
-            length: size_of::<SecurityQualityOfService>() as u32,
-            impersonation_level: SECURITY_IDENTIFICATION,
-            context_tracking_mode: SECURITY_DYNAMIC_TRACKING,
-            effective_only: 1,
-        }
-    }
-}
-
-/// `ALPC_PORT_ATTRIBUTES`, x64: 72 bytes (LPC.md table).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct AlpcPortAttributes {
-    pub flags: u32,
-    pub security_qos: SecurityQualityOfService,
-    pub max_message_length: usize,
-    pub memory_bandwidth: usize,
-    pub max_pool_usage: usize,
-    pub max_section_size: usize,
-    pub max_view_size: usize,
-    pub max_total_section_size: usize,
-    pub dup_object_types: u32,
-    pub reserved: u32,
-}
-
-const _: () = {
-    assert!(size_of::<AlpcPortAttributes>() == 72);
-    assert!(offset_of!(AlpcPortAttributes, flags) == 0);
-    assert!(offset_of!(AlpcPortAttributes, security_qos) == 4);
-    assert!(offset_of!(AlpcPortAttributes, max_message_length) == 16);
-    assert!(offset_of!(AlpcPortAttributes, memory_bandwidth) == 24);
-    assert!(offset_of!(AlpcPortAttributes, max_pool_usage) == 32);
-    assert!(offset_of!(AlpcPortAttributes, max_section_size) == 40);
-    assert!(offset_of!(AlpcPortAttributes, max_view_size) == 48);
-    assert!(offset_of!(AlpcPortAttributes, max_total_section_size) == 56);
-    assert!(offset_of!(AlpcPortAttributes, dup_object_types) == 64);
-    assert!(offset_of!(AlpcPortAttributes, reserved) == 68);
-};
-
-impl AlpcPortAttributes {
-    /// Attributes for a port carrying messages of at most `max_message_length` bytes in total,
-    /// with no sections, views or handle passing.
-    pub fn new(flags: u32, max_message_length: usize, max_pool_usage: usize) -> Self {
-        AlpcPortAttributes {
-            flags,
-            security_qos: SecurityQualityOfService::identification(),
-            max_message_length,
-            memory_bandwidth: 0,
-            max_pool_usage,
-            max_section_size: 0,
-            max_view_size: 0,
-            max_total_section_size: 0,
-            dup_object_types: 0,
-            reserved: 0,
-        }
-    }
-}
-
-/// `ALPC_MESSAGE_ATTRIBUTES`: the 8-byte header in front of the attribute blobs.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct AlpcMessageAttributes {
-    pub allocated_attributes: u32,
-    pub valid_attributes: u32,
-}
-
-const _: () = assert!(size_of::<AlpcMessageAttributes>() == 8);
-
-/// `ALPC_CONTEXT_ATTR` (phnt), x64: 32 bytes with its tail padding.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct AlpcContextAttr {
-    pub port_context: *mut c_void,
-    pub message_context: *mut c_void,
-    pub sequence: u32,
-    pub message_id: u32,
-    pub callback_id: u32,
-}
-
-const _: () = {
-    assert!(size_of::<AlpcContextAttr>() == 32);
-    assert!(offset_of!(AlpcContextAttr, sequence) == 16);
-    assert!(offset_of!(AlpcContextAttr, callback_id) == 24);
-};
-
-/// A `PORT_MESSAGE` followed by up to `LPC_MAX_CONNECTION_INFO` (128) bytes: the connection
-/// message of `NtAlpcConnectPort` and the answer passed to `Nt(Alpc)AcceptConnectPort`.
-#[repr(C, align(8))]
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionMessage {
-    pub header: PortMessage,
-    pub data: [u8; LPC_MAX_CONNECTION_INFO],
-}
-
-const _: () = {
-    assert!(size_of::<ConnectionMessage>() == PORT_MESSAGE_SIZE + LPC_MAX_CONNECTION_INFO);
-    assert!(offset_of!(ConnectionMessage, data) == PORT_MESSAGE_SIZE);
-};
-
-impl ConnectionMessage {
-    /// `header` with `data` behind it; `data` is cut to 128 bytes, and the header's lengths
-    /// must already say how much of it counts.
-    pub fn new(header: PortMessage, data: &[u8]) -> Self {
-        let mut msg = ConnectionMessage {
-            header,
-            data: [0; LPC_MAX_CONNECTION_INFO],
-        };
-        let len = data.len().min(LPC_MAX_CONNECTION_INFO);
-        msg.data[..len].copy_from_slice(&data[..len]);
-        msg
-    }
-
-    /// The data the header says the message carries.
-    pub fn payload(&self) -> &[u8] {
-        &self.data[..usize::from(self.header.data_length).min(LPC_MAX_CONNECTION_INFO)]
-    }
-}
-
-/// A SID with one sub-authority, laid out as `SID` in winnt.h.
-#[repr(C, align(4))]
-#[derive(Debug)]
-pub struct Sid1 {
-    pub revision: u8,
-    pub sub_authority_count: u8,
-    pub identifier_authority: [u8; 6],
-    pub sub_authority: [u32; 1],
-}
-
-const _: () = assert!(size_of::<Sid1>() == 12);
-
-/// S-1-5-18, LocalSystem: the `RequiredServerSid` that makes a client refuse a port some
-/// other account created under lpcmon's name (`STATUS_SERVER_SID_MISMATCH`).
-pub static LOCAL_SYSTEM_SID: Sid1 = Sid1 {
-    revision: 1,
-    sub_authority_count: 1,
-    identifier_authority: [0, 0, 0, 0, 0, 5],
-    sub_authority: [18],
-};
-
-/// A port name as UTF-16 for a `UNICODE_STRING`.
+/// A validated port name (`lpcmon_nt::PortName`: the same rules as the driver's) for a
+/// `UNICODE_STRING`.
 #[derive(Debug)]
 pub struct NtName {
-    wide: Vec<u16>,
+    name: PortName,
 }
 
 impl NtName {
     pub fn new(name: &str) -> Result<Self, PortError> {
-        let wide: Vec<u16> = name.encode_utf16().collect();
-        if wide.is_empty() || wide.contains(&0) || wide.len() * 2 > usize::from(u16::MAX) - 2 {
-            return Err(PortError::Io {
-                call: "port name",
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{name:?} is not a valid object name"),
-                ),
-            });
-        }
-        Ok(NtName { wide })
+        let name = PortName::parse(name).map_err(|e| PortError::Io {
+            call: "port name",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name:?}: {e}")),
+        })?;
+        Ok(NtName { name })
     }
 
-    /// Borrows the name; the result must not outlive `self`.
-    pub fn unicode_string(&self) -> UnicodeString {
-        let bytes = (self.wide.len() * 2) as u16;
-        UnicodeString {
-            length: bytes,
-            maximum_length: bytes,
-            buffer: self.wide.as_ptr(),
+    /// Borrows the name; the result must not outlive `self`. The calls only read it.
+    pub fn unicode_string(&self) -> UNICODE_STRING {
+        let bytes = self.name.byte_len();
+        UNICODE_STRING {
+            Length: bytes,
+            MaximumLength: bytes,
+            Buffer: self.name.units().as_ptr().cast_mut(),
         }
     }
-}
-
-/// A relative NT timeout: negative, in 100 ns units (`LARGE_INTEGER`).
-pub fn relative_timeout(timeout: std::time::Duration) -> i64 {
-    let ticks = timeout.as_nanos() / 100;
-    -(i64::try_from(ticks).unwrap_or(i64::MAX).max(1))
 }
 
 /// An 8-aligned buffer for one port message: a `PORT_MESSAGE` and its data.
@@ -386,7 +266,7 @@ impl AsRef<[u8]> for MessageBuffer {
 #[derive(Debug)]
 pub struct ContextAttributes {
     words: Box<[u64]>,
-    get_attribute: AlpcGetMessageAttributeFn,
+    get_attribute: ntlpcapi::AlpcGetMessageAttribute,
 }
 
 impl ContextAttributes {
@@ -427,7 +307,8 @@ impl ContextAttributes {
         let buffer = self.words.as_mut_ptr().cast::<AlpcMessageAttributes>();
         // SAFETY: the buffer was sized by AlpcGetHeaderSize for the context attribute and
         // marked allocated for it; AlpcGetMessageAttribute returns a pointer into it (or NULL).
-        let attr = unsafe { (self.get_attribute)(buffer, ALPC_MESSAGE_CONTEXT_ATTRIBUTE) };
+        let attr =
+            unsafe { (self.get_attribute)(message_attributes(buffer), ALPC_MESSAGE_CONTEXT_ATTRIBUTE) };
         if attr.is_null() {
             return 0;
         }
@@ -439,22 +320,17 @@ impl ContextAttributes {
     }
 }
 
-/// Declares ntdll's functions as a table of optional function pointers, each with an accessor
-/// that returns it or `STATUS_PROCEDURE_NOT_FOUND` naming it.
+/// Declares ntdll's functions as a table of optional function pointers of the given types,
+/// each with an accessor that returns it or `STATUS_PROCEDURE_NOT_FOUND` naming it.
 macro_rules! ntdll_functions {
     ($(
         $(#[$doc:meta])*
-        fn $name:ident / $alias:ident ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;
+        $name:ident: $ty:ty;
     )*) => {
-        $(
-            $(#[$doc])*
-            pub type $alias = unsafe extern "system" fn($($arg: $ty),*) -> $ret;
-        )*
-
         /// ntdll's port functions, resolved once. `None` where this ntdll does not export one.
         #[allow(non_snake_case)]
         pub struct Ntdll {
-            $($name: Option<$alias>,)*
+            $($name: Option<$ty>,)*
         }
 
         #[allow(non_snake_case)]
@@ -463,17 +339,19 @@ macro_rules! ntdll_functions {
                 Ntdll {
                     $($name: lookup(module, concat!(stringify!($name), "\0")).map(|f| {
                         // SAFETY: GetProcAddress returned this export of ntdll under this name;
-                        // its prototype is the one declared above (phnt ntlpcapi.h), and a
-                        // function pointer to function pointer transmute keeps the address.
+                        // its prototype is the type given (ntapi's, or lpcmon's where ntapi is
+                        // wrong), and a function pointer to function pointer transmute keeps
+                        // the address.
                         unsafe {
-                            std::mem::transmute::<unsafe extern "system" fn() -> isize, $alias>(f)
+                            std::mem::transmute::<unsafe extern "system" fn() -> isize, $ty>(f)
                         }
                     }),)*
                 }
             }
 
             $(
-                pub fn $name(&self) -> Result<$alias, PortError> {
+                $(#[$doc])*
+                pub fn $name(&self) -> Result<$ty, PortError> {
                     self.$name.ok_or_else(|| {
                         nt_error(concat!("resolving ntdll!", stringify!($name)), status::PROCEDURE_NOT_FOUND)
                     })
@@ -494,122 +372,39 @@ fn lookup(module: HMODULE, name: &'static str) -> Option<unsafe extern "system" 
 }
 
 ntdll_functions! {
-    /// `NtCreatePort` (phnt ntlpcapi.h; LPC.md "Prototypes").
-    fn NtCreatePort / NtCreatePortFn(
-        port_handle: *mut HANDLE,
-        object_attributes: *const ObjectAttributes,
-        max_connection_info_length: u32,
-        max_message_length: u32,
-        max_pool_usage: u32,
-    ) -> NtStatus;
-    /// `NtConnectPort` (phnt). The views are unused and passed as NULL.
-    fn NtConnectPort / NtConnectPortFn(
-        port_handle: *mut HANDLE,
-        port_name: *const UnicodeString,
-        security_qos: *const SecurityQualityOfService,
-        client_view: *mut c_void,
-        server_view: *mut c_void,
-        max_message_length: *mut u32,
-        connection_information: *mut c_void,
-        connection_information_length: *mut u32,
-    ) -> NtStatus;
-    /// `NtSecureConnectPort` (phnt): `NtConnectPort` with `RequiredServerSid` after ClientView.
-    fn NtSecureConnectPort / NtSecureConnectPortFn(
-        port_handle: *mut HANDLE,
-        port_name: *const UnicodeString,
-        security_qos: *const SecurityQualityOfService,
-        client_view: *mut c_void,
-        required_server_sid: *const c_void,
-        server_view: *mut c_void,
-        max_message_length: *mut u32,
-        connection_information: *mut c_void,
-        connection_information_length: *mut u32,
-    ) -> NtStatus;
-    /// `NtAcceptConnectPort` (phnt). `accept_connection` is a BOOLEAN.
-    fn NtAcceptConnectPort / NtAcceptConnectPortFn(
-        port_handle: *mut HANDLE,
-        port_context: *mut c_void,
-        connection_request: *const PortMessage,
-        accept_connection: u8,
-        server_view: *mut c_void,
-        client_view: *mut c_void,
-    ) -> NtStatus;
-    /// `NtCompleteConnectPort` (phnt).
-    fn NtCompleteConnectPort / NtCompleteConnectPortFn(port_handle: HANDLE) -> NtStatus;
-    /// `NtRequestPort` (phnt): a datagram. Not exported by wine.
-    fn NtRequestPort / NtRequestPortFn(port_handle: HANDLE, request_message: *const PortMessage) -> NtStatus;
-    /// `NtRequestWaitReplyPort` (phnt).
-    fn NtRequestWaitReplyPort / NtRequestWaitReplyPortFn(
-        port_handle: HANDLE,
-        request_message: *const PortMessage,
-        reply_message: *mut PortMessage,
-    ) -> NtStatus;
-    /// `NtReplyPort` (phnt). Not exported by wine.
-    fn NtReplyPort / NtReplyPortFn(port_handle: HANDLE, reply_message: *const PortMessage) -> NtStatus;
-    /// `NtReplyWaitReceivePortEx` (phnt): `NtReplyWaitReceivePort` plus a timeout, which the
-    /// legacy loop needs to notice a stop. Not exported by wine.
-    fn NtReplyWaitReceivePortEx / NtReplyWaitReceivePortExFn(
-        port_handle: HANDLE,
-        port_context: *mut *mut c_void,
-        reply_message: *const PortMessage,
-        receive_message: *mut PortMessage,
-        timeout: *const i64,
-    ) -> NtStatus;
-    /// `NtAlpcCreatePort` (phnt).
-    fn NtAlpcCreatePort / NtAlpcCreatePortFn(
-        port_handle: *mut HANDLE,
-        object_attributes: *const ObjectAttributes,
-        port_attributes: *const AlpcPortAttributes,
-    ) -> NtStatus;
-    /// `NtAlpcDisconnectPort` (phnt).
-    fn NtAlpcDisconnectPort / NtAlpcDisconnectPortFn(port_handle: HANDLE, flags: u32) -> NtStatus;
-    /// `NtAlpcConnectPort` (LPC.md). `buffer_length` is a `PSIZE_T`: ntapi 0.4.3 and older phnt
-    /// say `PULONG`, and on x64 the kernel then writes 8 bytes into a 4-byte variable.
-    fn NtAlpcConnectPort / NtAlpcConnectPortFn(
-        port_handle: *mut HANDLE,
-        port_name: *const UnicodeString,
-        object_attributes: *const ObjectAttributes,
-        port_attributes: *const AlpcPortAttributes,
-        flags: u32,
-        required_server_sid: *const c_void,
-        connection_message: *mut PortMessage,
-        buffer_length: *mut usize,
-        out_message_attributes: *mut AlpcMessageAttributes,
-        in_message_attributes: *mut AlpcMessageAttributes,
-        timeout: *const i64,
-    ) -> NtStatus;
-    /// `NtAlpcAcceptConnectPort` (phnt). `accept_connection` is a BOOLEAN.
-    fn NtAlpcAcceptConnectPort / NtAlpcAcceptConnectPortFn(
-        port_handle: *mut HANDLE,
-        connection_port_handle: HANDLE,
-        flags: u32,
-        object_attributes: *const ObjectAttributes,
-        port_attributes: *const AlpcPortAttributes,
-        port_context: *mut c_void,
-        connection_request: *const PortMessage,
-        connection_message_attributes: *mut AlpcMessageAttributes,
-        accept_connection: u8,
-    ) -> NtStatus;
-    /// `NtAlpcSendWaitReceivePort` (phnt). `buffer_length` is a `PSIZE_T`.
-    fn NtAlpcSendWaitReceivePort / NtAlpcSendWaitReceivePortFn(
-        port_handle: HANDLE,
-        flags: u32,
-        send_message: *const PortMessage,
-        send_message_attributes: *mut AlpcMessageAttributes,
-        receive_message: *mut PortMessage,
-        buffer_length: *mut usize,
-        receive_message_attributes: *mut AlpcMessageAttributes,
-        timeout: *const i64,
-    ) -> NtStatus;
-    /// `AlpcMaxAllowedMessageLength` (phnt): the largest total message ALPC allows.
-    fn AlpcMaxAllowedMessageLength / AlpcMaxAllowedMessageLengthFn() -> u32;
-    /// `AlpcGetHeaderSize` (phnt): bytes of an attribute buffer for these attribute flags.
-    fn AlpcGetHeaderSize / AlpcGetHeaderSizeFn(flags: u32) -> u32;
-    /// `AlpcGetMessageAttribute` (phnt): where one attribute sits in an attribute buffer.
-    fn AlpcGetMessageAttribute / AlpcGetMessageAttributeFn(
-        buffer: *mut AlpcMessageAttributes,
-        attribute_flag: u32,
-    ) -> *mut c_void;
+    /// `NtCreatePort`. Legacy LPC: the kernel ignores `MaxConnectionInfoLength` and
+    /// `MaxPoolUsage`, and fails with STATUS_INVALID_PARAMETER when `MaxMessageLength` exceeds
+    /// 648 on x64 (docs/windows.md, "Legacy LPC").
+    NtCreatePort: ntlpcapi::NtCreatePort;
+    /// `NtConnectPort`. The views are unused and passed as NULL. No timeout.
+    NtConnectPort: ntlpcapi::NtConnectPort;
+    /// `NtSecureConnectPort`: `NtConnectPort` with `RequiredServerSid` after ClientView.
+    NtSecureConnectPort: ntlpcapi::NtSecureConnectPort;
+    /// `NtAcceptConnectPort`. `AcceptConnection` is a BOOLEAN.
+    NtAcceptConnectPort: ntlpcapi::NtAcceptConnectPort;
+    NtCompleteConnectPort: ntlpcapi::NtCompleteConnectPort;
+    /// `NtRequestPort`: a datagram. Not exported by wine.
+    NtRequestPort: ntlpcapi::NtRequestPort;
+    NtRequestWaitReplyPort: ntlpcapi::NtRequestWaitReplyPort;
+    /// `NtReplyPort`. Not exported by wine.
+    NtReplyPort: ntlpcapi::NtReplyPort;
+    /// `NtReplyWaitReceivePortEx`: `NtReplyWaitReceivePort` plus a timeout, which the legacy
+    /// loop needs to notice a stop. Not exported by wine.
+    NtReplyWaitReceivePortEx: ntlpcapi::NtReplyWaitReceivePortEx;
+    NtAlpcCreatePort: ntlpcapi::NtAlpcCreatePort;
+    NtAlpcDisconnectPort: ntlpcapi::NtAlpcDisconnectPort;
+    /// `NtAlpcConnectPort`, with lpcmon's prototype: ntapi's `BufferLength` is wrong.
+    NtAlpcConnectPort: NtAlpcConnectPortFn;
+    /// `NtAlpcAcceptConnectPort`. `AcceptConnection` is a BOOLEAN.
+    NtAlpcAcceptConnectPort: ntlpcapi::NtAlpcAcceptConnectPort;
+    /// `NtAlpcSendWaitReceivePort`. `BufferLength` is a `PSIZE_T` (ntapi has it right).
+    NtAlpcSendWaitReceivePort: ntlpcapi::NtAlpcSendWaitReceivePort;
+    /// `AlpcMaxAllowedMessageLength`: the largest total message ALPC allows.
+    AlpcMaxAllowedMessageLength: ntlpcapi::AlpcMaxAllowedMessageLength;
+    /// `AlpcGetHeaderSize`: bytes of an attribute buffer for these attribute flags.
+    AlpcGetHeaderSize: ntlpcapi::AlpcGetHeaderSize;
+    /// `AlpcGetMessageAttribute`: where one attribute sits in an attribute buffer.
+    AlpcGetMessageAttribute: ntlpcapi::AlpcGetMessageAttribute;
 }
 
 impl std::fmt::Debug for Ntdll {
@@ -632,10 +427,10 @@ pub fn ntdll() -> &'static Ntdll {
 
 /// Turns an NTSTATUS into a `Result`, treating every non-error code (including STATUS_TIMEOUT,
 /// which callers that wait check for first) as success.
-pub fn check(call: &'static str, status: NtStatus) -> Result<(), PortError> {
-    if status >= 0 {
+pub fn check(call: &'static str, code: NtStatus) -> Result<(), PortError> {
+    if status::is_success(code) {
         Ok(())
     } else {
-        Err(nt_error(call, status as u32))
+        Err(nt_error(call, code))
     }
 }

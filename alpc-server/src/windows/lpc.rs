@@ -3,25 +3,26 @@
 //! `NtAcceptConnectPort` + `NtCompleteConnectPort`.
 //!
 //! On Vista and later `NtCreatePort` is a shim over ALPC that refuses a MaxMessageLength above
-//! 648 bytes on x64 (LPC.md), so a legacy message carries at most 608 bytes of data.
+//! 648 bytes on x64, so a legacy message carries at most 608 bytes of data (docs/windows.md,
+//! "Legacy LPC").
 
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
-use std::ptr::{null, null_mut};
+use std::ptr::null_mut;
 use std::time::Duration;
 
-use lpcmon_protocol::PortMessage;
-use lpcmon_protocol::port_message::{LPC_LEGACY_MAX_DATA, LPC_LEGACY_MAX_MESSAGE, LPC_MAX_CONNECTION_INFO};
+use lpcmon_nt::port_message::{
+    ConnectionMessage, LPC_LEGACY_MAX_DATA, LPC_LEGACY_MAX_MESSAGE, LPC_MAX_CONNECTION_INFO,
+};
+use lpcmon_nt::{NtStatus, PortMessage, status, timeout};
+use ntapi::ntlpcapi;
 use tracing::debug;
 
-use super::ffi::{
-    ConnectionMessage, MessageBuffer, NtAcceptConnectPortFn, NtCompleteConnectPortFn, NtName, NtReplyPortFn,
-    NtReplyWaitReceivePortExFn, Ntdll, ObjectAttributes, check, relative_timeout,
-};
+use super::ffi::{MessageBuffer, NtName, Ntdll, check, object_attributes, port_message, timeout_ptr};
 use super::security::SecurityDescriptor;
-use crate::client::PortError;
-use crate::decide::{connect_answer_header, nt_error, reply_header, status};
+use crate::decide::{Outgoing, connect_answer_header, nt_error};
+use crate::error::PortError;
 use crate::receive_loop::PortOps;
 
 /// The receive buffer. `NtReplyWaitReceivePort` takes no buffer length: the kernel copies a
@@ -33,10 +34,10 @@ const _: () = assert!(RECEIVE_BUFFER >= LPC_LEGACY_MAX_MESSAGE + LPC_MAX_CONNECT
 /// A created legacy connection port and the functions its loop calls.
 pub struct LpcPort {
     port: OwnedHandle,
-    reply_wait_receive: NtReplyWaitReceivePortExFn,
-    accept: NtAcceptConnectPortFn,
-    complete: NtCompleteConnectPortFn,
-    reply: NtReplyPortFn,
+    reply_wait_receive: ntlpcapi::NtReplyWaitReceivePortEx,
+    accept: ntlpcapi::NtAcceptConnectPort,
+    complete: ntlpcapi::NtCompleteConnectPort,
+    reply: ntlpcapi::NtReplyPort,
 }
 
 impl LpcPort {
@@ -47,16 +48,20 @@ impl LpcPort {
     pub fn create(api: &Ntdll, name: &str, security: &SecurityDescriptor) -> Result<Self, PortError> {
         let create = api.NtCreatePort()?;
         let name = NtName::new(name)?;
-        let unicode = name.unicode_string();
-        let object_attributes = ObjectAttributes::new(&unicode, security.as_ptr());
+        let mut unicode = name.unicode_string();
+        let mut object_attributes = object_attributes(&mut unicode, security.as_ptr());
         let mut handle = null_mut();
+        // On Vista and later NtCreatePort is a shim over ALPC that ignores
+        // MaxConnectionInfoLength (connection information is always up to 128 bytes on x64)
+        // and MaxPoolUsage; only MaxMessageLength counts, and above 648 the call fails with
+        // STATUS_INVALID_PARAMETER (docs/windows.md, "Legacy LPC"). They are passed as the
+        // documented values anyway.
         // SAFETY: the out handle and the attributes are live locals of the declared layouts;
-        // the kernel copies the name and the descriptor during the call. MaxPoolUsage 0 asks
-        // for the system default.
+        // the kernel copies the name and the descriptor during the call.
         let code = unsafe {
             create(
                 &mut handle,
-                &object_attributes,
+                &mut object_attributes,
                 LPC_MAX_CONNECTION_INFO as u32,
                 LPC_LEGACY_MAX_MESSAGE as u32,
                 0,
@@ -94,20 +99,20 @@ impl PortOps for LpcPort {
         MessageBuffer::new(RECEIVE_BUFFER)
     }
 
-    fn receive(&mut self, buffer: &mut MessageBuffer, timeout: Duration) -> (u32, usize) {
+    fn receive(&mut self, buffer: &mut MessageBuffer, wait: Duration) -> (NtStatus, usize) {
         let mut context: *mut c_void = null_mut();
-        let timeout = relative_timeout(timeout);
+        let mut timeout = timeout::relative(wait);
         // SAFETY: the buffer is 8-aligned and larger than any message this port delivers (see
         // RECEIVE_BUFFER); `context` and `timeout` are live locals; no reply is sent.
         let code = unsafe {
             (self.reply_wait_receive)(
                 self.port.as_raw_handle(),
                 &mut context,
-                null(),
-                buffer.as_mut_ptr(),
-                &timeout,
+                null_mut(),
+                port_message(buffer.as_mut_ptr()),
+                timeout_ptr(&mut timeout),
             )
-        } as u32;
+        };
         let context = if code == status::SUCCESS {
             context.addr()
         } else {
@@ -132,7 +137,7 @@ impl PortOps for LpcPort {
             (self.accept)(
                 &mut handle,
                 context,
-                &answer.header,
+                port_message(&answer.header),
                 u8::from(accept.is_some()),
                 null_mut(),
                 null_mut(),
@@ -155,15 +160,16 @@ impl PortOps for LpcPort {
         Ok(Some(handle))
     }
 
-    fn reply(&mut self, request: &PortMessage, connection: Option<&OwnedHandle>) -> Result<(), PortError> {
-        let reply = reply_header(request);
+    fn reply(&mut self, reply: &Outgoing, connection: Option<&OwnedHandle>) -> Result<(), PortError> {
+        // NtReplyPort takes no flags: the legacy call itself makes the message a reply.
         let port = connection.unwrap_or(&self.port);
-        // SAFETY: `reply` is a complete header-only message and `port` a live port handle.
-        let code = unsafe { (self.reply)(port.as_raw_handle(), &reply) };
+        // SAFETY: `reply.header` is a complete header-only message and `port` a live port
+        // handle; the kernel only reads the message.
+        let code = unsafe { (self.reply)(port.as_raw_handle(), port_message(&reply.header)) };
         check("NtReplyPort", code)
     }
 
-    fn release(&mut self, _buffer: &MessageBuffer) -> Result<(), PortError> {
+    fn release(&mut self, _release: &Outgoing) -> Result<(), PortError> {
         // Legacy LPC never keeps a message for the receiver; there is nothing to release.
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The Windows port server and clients (DESIGN.md §7).
+//! The Windows port server and clients (docs/windows.md).
 //!
 //! - [`WindowsPortServer`]: creates `\LpcMonEventPort` (ALPC by default, legacy LPC on
 //!   request), secured for SYSTEM, and runs its receive loop on a thread of its own, feeding
@@ -24,10 +24,10 @@ use std::thread::JoinHandle;
 
 use tracing::info;
 
-use crate::client::PortError;
 pub use crate::decide::{DEFAULT_PORT_NAME, PortApi};
 use crate::decide::{PeerPolicy, validate_port_name};
 use crate::dispatch::Dispatcher;
+use crate::error::PortError;
 use crate::receive_loop;
 
 /// How to run the port server.

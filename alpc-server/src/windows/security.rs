@@ -1,4 +1,4 @@
-//! The port's security descriptor, built from SDDL (DESIGN.md §3.4).
+//! The port's security descriptor, built from SDDL (docs/windows.md, "Security").
 //!
 //! SYSTEM only (`D:P(A;;GA;;;SY)`), plus the built-in Administrators when the user-mode load
 //! generator must connect. The DACL is protected so nothing is inherited into it. Kernel-mode
@@ -12,8 +12,8 @@ use windows_sys::Win32::Security::Authorization::{
 };
 use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 
-use crate::client::PortError;
 use crate::decide::port_sddl;
+use crate::error::PortError;
 
 /// A self-relative security descriptor allocated by `ConvertStringSecurityDescriptorToSecurityDescriptorW`.
 #[derive(Debug)]

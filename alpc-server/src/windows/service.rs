@@ -1,4 +1,4 @@
-//! lpcmon as a Windows service (DESIGN.md §7): an auto-start service named `lpcmon` running as
+//! lpcmon as a Windows service (docs/design.md): an auto-start service named `lpcmon` running as
 //! LocalSystem. The driver only talks to a SYSTEM server (`RequiredServerSid = S-1-5-18`),
 //! and a SYSTEM server is also what keeps anyone else from creating the port first.
 //!

@@ -1,12 +1,14 @@
 //! `GET /events` and `GET /events/{id}`: keyset pages and single events from the store.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
+use crate::json;
 use crate::page::{Page, page};
-use crate::query::EventsQuery;
+use crate::query::{ApiQuery, EventsQuery, QueryParams, parse_decimal};
 use crate::state::AppState;
 
 const NDJSON: &str = "application/x-ndjson";
@@ -25,37 +27,11 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         })
 }
 
-fn id_or_null(id: Option<u64>) -> String {
-    id.map_or_else(|| "null".to_owned(), |id| id.to_string())
-}
-
-/// The page as one JSON object. The events are the stored JSON texts joined as they are:
-/// serialised once at ingest, never again.
-fn json_body(page: &Page) -> String {
-    let events_len: usize = page.events.iter().map(|e| e.json.len() + 1).sum();
-    let mut body = String::with_capacity(events_len + 96);
-    body.push_str(r#"{"events":["#);
-    for (i, event) in page.events.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&event.json);
-    }
-    body.push_str(r#"],"next_after":"#);
-    body.push_str(&id_or_null(page.next_after));
-    body.push_str(r#","oldest_id":"#);
-    body.push_str(&id_or_null(page.oldest_id));
-    body.push_str(r#","newest_id":"#);
-    body.push_str(&id_or_null(page.newest_id));
-    body.push('}');
-    body
-}
-
 /// One event per line; the page's metadata travels in headers.
 fn ndjson_response(page: &Page) -> Response {
-    let mut body = String::with_capacity(page.events.iter().map(|e| e.json.len() + 1).sum());
+    let mut body = String::with_capacity(page.events.iter().map(|e| e.json.get().len() + 1).sum());
     for event in &page.events {
-        body.push_str(&event.json);
+        body.push_str(event.json.get());
         body.push('\n');
     }
     let mut headers = HeaderMap::new();
@@ -74,25 +50,33 @@ fn ndjson_response(page: &Page) -> Response {
 
 pub async fn list(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(params): ApiQuery<QueryParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let query = EventsQuery::parse(raw.as_deref())?;
+    let query = EventsQuery::try_from(params)?;
     let page = page(&state, &query);
     if wants_ndjson(&headers) {
         return Ok(ndjson_response(&page));
     }
+    let body =
+        json::page(&page).map_err(|e| ApiError::Internal(format!("the page could not be encoded: {e}")))?;
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        json_body(&page),
+        body,
     )
         .into_response())
 }
 
-pub async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("an event id is a positive integer, not {id:?}")))?;
+pub async fn one(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = super::path_param(id)?;
+    let id: u64 = parse_decimal(&id).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "an event id is a decimal integer up to 2^64-1, not {id:?}"
+        ))
+    })?;
     let in_tail = state.store().get(id).cloned();
     let found = in_tail.or_else(|| state.database().and_then(|db| crate::durable::get(db, id)));
     let Some(event) = found else {
@@ -102,7 +86,7 @@ pub async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Resul
         };
         return Err(ApiError::NotFound(format!("no event with id {id}: {held}")));
     };
-    let json = event.json.to_string();
+    let json = event.json.get().to_owned();
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         json,

@@ -1,13 +1,14 @@
 //! Liveness, the OpenAPI document and the dashboard's static files.
 
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::assets::{self, Asset};
 use crate::error::ApiError;
 
-/// The HTTP contract, kept at the repository root (DESIGN §1) and compiled in.
+/// The HTTP contract, kept at the repository root and compiled in.
 pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");
 
 pub async fn healthz() -> Response {
@@ -48,8 +49,8 @@ pub async fn index() -> Result<Response, ApiError> {
     lookup("index.html")
 }
 
-pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
-    lookup(&name)
+pub async fn asset(name: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    lookup(&super::path_param(name)?)
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

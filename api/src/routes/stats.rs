@@ -1,4 +1,4 @@
-//! `GET /stats` (JSON) and `GET /metrics` (Prometheus text): two views of one report.
+//! `GET /stats` (JSON) and `GET /metrics` (OpenMetrics text): two views of one report.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -13,13 +13,15 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
     json_response(&Report::collect(&state))
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = metrics::render(Report::collect(&state))
+        .map_err(|_| ApiError::Internal("the metrics could not be encoded".to_owned()))?;
+    Ok((
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
         )],
-        metrics::render(&Report::collect(&state)),
+        text,
     )
-        .into_response()
+        .into_response())
 }

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt, stream};
 
 use crate::error::ApiError;
 use crate::follow::{Follower, Item};
-use crate::query::StreamQuery;
+use crate::query::{ApiQuery, QueryParams, StreamQuery, parse_decimal};
 use crate::state::AppState;
 
 /// `Last-Event-ID` (sent by a reconnecting `EventSource`) wins over `?after=`, because the
@@ -19,13 +19,16 @@ fn resume_after(headers: &HeaderMap, query_after: Option<u64>) -> Result<Option<
     let Some(value) = headers.get("last-event-id") else {
         return Ok(query_after);
     };
-    let text = value.to_str().unwrap_or_default().trim();
-    if text.is_empty() {
-        return Ok(query_after);
-    }
-    text.parse()
+    // Not UTF-8, or empty, is as wrong as `garbage`: all are a 400, never silently ignored.
+    // (A browser sends the header only when it has an id to resume from.)
+    let text = value.to_str().map(str::trim).map_err(|_| {
+        ApiError::bad_request(format!(
+            "Last-Event-ID must be an event id, not the bytes {value:?}"
+        ))
+    })?;
+    parse_decimal(text)
         .map(Some)
-        .map_err(|_| ApiError::bad_request(format!("Last-Event-ID must be an event id, not {text:?}")))
+        .ok_or_else(|| ApiError::bad_request(format!("Last-Event-ID must be an event id, not {text:?}")))
 }
 
 fn sse_event(item: Item) -> Event {
@@ -33,7 +36,7 @@ fn sse_event(item: Item) -> Event {
         Item::Event(event) => Event::default()
             .id(event.id.to_string())
             .event(event.kind.name())
-            .data(&*event.json),
+            .data(event.json.get()),
         Item::Gap {
             missed,
             reason,
@@ -54,10 +57,10 @@ fn events(follower: Follower) -> impl Stream<Item = Result<Event, Infallible>> {
 
 pub async fn stream(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    ApiQuery(params): ApiQuery<QueryParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let query = StreamQuery::parse(raw.as_deref())?;
+    let query = StreamQuery::try_from(params)?;
     let after = resume_after(&headers, query.after)?;
     let config = state.config();
     let retry = Event::default().retry(config.sse_retry);

@@ -4,6 +4,7 @@
 mod auth;
 mod common;
 mod events;
+mod hardening;
 mod openapi;
 mod stats;
 mod stream;

@@ -181,3 +181,53 @@ async fn responses_match_the_schemas() {
     extra["surprise"] = json!(1);
     assert!(!event_schema.is_valid(&extra));
 }
+
+/// Issue 9, finding 7: the spec lists every status a route can return. The request guard
+/// can answer any route with 403 (foreign `Origin`), 414, 421 (`Host`) and 431; protected
+/// routes also 401. Those answers are `Error` JSON.
+#[tokio::test]
+async fn every_operation_documents_the_guard_statuses() {
+    let spec = spec();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let responses = &item["get"]["responses"];
+        for status in ["200", "403", "414", "421", "431"] {
+            assert!(
+                responses.get(status).is_some(),
+                "GET {path} does not document {status}"
+            );
+        }
+        let public = matches!(path.as_str(), "/" | "/healthz" | "/assets/{file}");
+        assert_eq!(responses.get("401").is_some(), !public, "GET {path}: 401");
+    }
+    let error = validator(&spec, "Error");
+    let s = Server::start(ApiConfig::default()).await;
+    for (path, header, value, status) in [
+        ("/events", "host", "attacker.example".to_owned(), 421),
+        (
+            "/events/stream",
+            "origin",
+            "http://attacker.example".to_owned(),
+            403,
+        ),
+        ("/stats", "x-big", "x".repeat(20_000), 431),
+    ] {
+        let r = s
+            .client
+            .get(s.url(path))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_valid(&error, &body, path);
+    }
+    let long = format!("/events?q={}", "a".repeat(9000));
+    let r = s.get(&long).await;
+    assert_eq!(r.status(), 414);
+    assert_valid(
+        &error,
+        &serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+        "414",
+    );
+}

@@ -131,7 +131,7 @@ async fn stats_and_metrics_count_losses_by_stage() {
         metrics.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let text = metrics.text().await.unwrap();
     for line in [
@@ -150,7 +150,10 @@ async fn stats_and_metrics_count_losses_by_stage() {
         "lpcmon_producer_connections_total{producer_kind=\"linux-sensor\"} 1",
         "lpcmon_sse_clients 0",
         "lpcmon_sse_gaps_total{reason=\"lagged\"} 0",
-        "# TYPE lpcmon_events_lost_total counter",
+        "# TYPE lpcmon_events_lost counter",
+        "# TYPE lpcmon_build info",
+        "# UNIT lpcmon_store_bytes bytes",
+        "lpcmon_producer_received_bytes_total{producer_kind=\"linux-sensor\"} 400",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
@@ -158,8 +161,18 @@ async fn stats_and_metrics_count_losses_by_stage() {
         assert!(line.starts_with("lpcmon_"), "{line}");
         assert!(!line.contains("pid=") && !line.contains("instance="), "{line}");
     }
+    // OpenMetrics: a counter family is named without `_total` and each of its samples with it;
+    // no other sample ends in `_total`.
+    let mut kind_of = std::collections::HashMap::new();
     for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let (name, kind) = family.split_once(' ').unwrap();
-        assert_eq!(name.ends_with("_total"), kind == "counter", "{family}");
+        assert!(!name.ends_with("_total"), "{family}");
+        kind_of.insert(name, kind);
     }
+    for sample in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = sample.split(['{', ' ']).next().unwrap();
+        let counter = name.strip_suffix("_total").and_then(|family| kind_of.get(family)) == Some(&"counter");
+        assert_eq!(name.ends_with("_total"), counter, "{sample}");
+    }
+    assert_eq!(text.lines().last(), Some("# EOF"));
 }

@@ -145,6 +145,16 @@ impl Reassembler {
         }
     }
 
+    /// When the oldest event in progress expires, if any: the next time [`Self::expire`] has
+    /// work to do.
+    pub(crate) fn next_expiry(&self) -> Option<u64> {
+        let timeout = self.limits.timeout_ns;
+        self.partials
+            .values()
+            .map(|p| p.started.saturating_add(timeout))
+            .min()
+    }
+
     /// Abandons events older than the timeout; returns their sequence numbers.
     pub(crate) fn expire(&mut self, now: u64, expired: &mut Vec<u64>) {
         let timeout = self.limits.timeout_ns;

@@ -62,7 +62,6 @@ impl<T> SequenceTracker<T> {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn next(&self) -> u64 {
         self.next
     }
@@ -235,6 +234,12 @@ impl<T> SequenceTracker<T> {
     }
 
     /// Declares gaps lost once they have waited `timeout` nanoseconds for the missing numbers.
+    /// When the gap being waited on times out, if there is one: the next time [`Self::poll`]
+    /// has work to do.
+    pub(crate) fn gap_deadline(&self, timeout: u64) -> Option<u64> {
+        self.gap_since.map(|since| since.saturating_add(timeout))
+    }
+
     pub(crate) fn poll(&mut self, now: u64, timeout: u64, out: &mut impl Extend<Delivery<T>>) {
         while let Some(since) = self.gap_since {
             if now.saturating_sub(since) < timeout {

@@ -6,6 +6,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
+use super::peer_text::escape_peer_text;
 use super::reassembly::{Limits, Push, Reassembler};
 use super::sequence::{Delivery, SequenceTracker};
 use crate::error::DecodeError;
@@ -366,7 +367,7 @@ impl Server {
             instance: hello.instance,
             instance_hex: hex(&hello.instance),
             version,
-            os: hello.os.to_string(),
+            os: escape_peer_text(hello.os),
             os_build: hello.os_build,
             client_pid: header.client_process,
             max_message: limit as u32,
@@ -477,6 +478,9 @@ impl Server {
             bytes,
             fragments,
         };
+        if let Some(why) = implausible_claim(&msg, inst.tracker.next(), inst.queue_drops, inst.kernel_drops) {
+            return out.push(malformed(DecodeError::InvalidValue(why)));
+        }
         match msg {
             Message::Event(view) => {
                 let event = Event::from(&view);
@@ -571,8 +575,8 @@ impl Server {
                 let reported = Loss {
                     stage: LossStage::ProducerQueue,
                     count: 1,
-                    first_seq: heartbeat.last_seq + 1,
-                    last_seq: heartbeat.last_seq + 1,
+                    first_seq: heartbeat.last_seq.saturating_add(1),
+                    last_seq: heartbeat.last_seq.saturating_add(1),
                     total: heartbeat.queue_drops_reported,
                 };
                 count_total(&producer, reported, &mut inst.queue_drops, out);
@@ -606,6 +610,20 @@ impl Server {
             emit(&producer, deliveries, out);
         }
         out.push(Output::Disconnected { producer, reason });
+    }
+
+    /// When [`Self::poll`] next has work to do: the earliest reassembly expiry or sequence-gap
+    /// timeout, or `None` when no timer is running. The shell sleeps until then (or until a
+    /// message arrives) instead of ticking on a fixed interval, as quinn-proto's
+    /// `poll_timeout` / `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let reassembly = self.sessions.values().filter_map(|s| s.reassembly.next_expiry());
+        let gaps = self
+            .instances
+            .values()
+            .filter(|i| i.live)
+            .filter_map(|i| i.tracker.gap_deadline(self.config.gap_timeout_ns));
+        reassembly.chain(gaps).min()
     }
 
     /// Runs the timers: reassembly expiry and sequence gaps that waited too long.
@@ -645,6 +663,47 @@ impl Server {
     /// Events being reassembled, over all connections.
     pub fn reassembling(&self) -> usize {
         self.sessions.values().map(|s| s.reassembly.pending()).sum()
+    }
+}
+
+/// The most one message may move a producer's sequence or loss totals. A real producer at
+/// 10 million events a second takes over a day to open a gap this wide; a claim beyond it is
+/// a bug or an attack (a heartbeat saying "I have sent 2^63 events" would otherwise book
+/// about 9.2e18 transport losses at once), so it is refused as malformed and counted as such.
+pub const MAX_CLAIM: u64 = 1 << 40;
+
+/// Why `msg` claims more than [`MAX_CLAIM`] beyond what this instance has resolved (`next`)
+/// or counted (`queue_drops`, `kernel_drops`), if it does.
+fn implausible_claim(
+    msg: &Message<'_>,
+    next: u64,
+    queue_drops: u64,
+    kernel_drops: u64,
+) -> Option<&'static str> {
+    let beyond = |value: u64, base: u64| value.saturating_sub(base) > MAX_CLAIM;
+    match msg {
+        Message::Event(view) if beyond(view.header.seq, next) => {
+            Some("event sequence number jumps more than 2^40 ahead")
+        }
+        Message::Fragment(frag) if beyond(frag.event_seq, next) => {
+            Some("fragment sequence number jumps more than 2^40 ahead")
+        }
+        Message::Loss(loss) if loss.stage == LossStage::ProducerSend && beyond(loss.last_seq, next) => {
+            Some("send loss range ends more than 2^40 ahead")
+        }
+        Message::Loss(loss) if loss.stage == LossStage::ProducerQueue && beyond(loss.total, queue_drops) => {
+            Some("queue loss total rises by more than 2^40 at once")
+        }
+        Message::Loss(loss) if loss.stage == LossStage::Kernel && beyond(loss.total, kernel_drops) => {
+            Some("kernel loss total rises by more than 2^40 at once")
+        }
+        Message::Heartbeat(hb) if beyond(hb.last_seq, next) => {
+            Some("heartbeat sequence number jumps more than 2^40 ahead")
+        }
+        Message::Heartbeat(hb) if beyond(hb.queue_drops_reported, queue_drops) => {
+            Some("heartbeat queue loss total rises by more than 2^40 at once")
+        }
+        _ => None,
     }
 }
 

@@ -86,7 +86,7 @@ fn config_precedence_flags_then_environment_then_file_then_defaults() {
             env: &[],
             args: &[],
             section: "",
-            key: "retain-bytes",
+            key: "tail-bytes",
             value: "\"64MiB\"",
             origin: "default",
         },

@@ -507,7 +507,7 @@ async fn unusable_files_are_refused_with_the_way_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_spanning_the_database_and_the_tail_equals_the_memory_page() {
     let s = setup();
-    let server = Server::start(&s.db, &s.socket, s.http, &["--tail", "200"]).await;
+    let server = Server::start(&s.db, &s.socket, s.http, &["--tail-events", "200"]).await;
     let report = loadgen_report(spawn_loadgen(&s.socket, &["--rate", "0", "--count", "180"]));
     assert_eq!(report["produced"], 180);
     tokio::time::sleep(Duration::from_millis(300)).await;

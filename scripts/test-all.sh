@@ -96,8 +96,13 @@ sed "s#/usr/bin/lpcmon#$PWD/target/debug/lpcmon#" packaging/systemd/lpcmon.servi
 systemd-analyze verify "$unit_dir/lpcmon.service"
 systemd-analyze security --offline=yes --threshold=40 "$unit_dir/lpcmon.service" | tail -n 1
 rm -r "$unit_dir"
-cargo deb -p lpcmon
+bash scripts/package-assets.sh
+cargo deb -p lpcmon --no-build
 deb="$(ls -t target/debian/lpcmon_*.deb | head -n 1)"
-dpkg-deb --contents "$deb" | grep -E 'usr/bin/lpcmon$|lpcmon\.service$'
+contents="$(dpkg-deb --contents "$deb")"
+for installed in usr/bin/lpcmon lpcmon.service man1/lpcmon.1.gz completions/lpcmon _lpcmon lpcmon.fish; do
+    grep -qE "$installed\$" <<<"$contents" || { echo "$deb lacks $installed" >&2; exit 1; }
+done
+echo "$deb installs the binary, the unit, the man page and the completions"
 
 step "all checks passed"

@@ -19,6 +19,7 @@ mod auth;
 mod config;
 mod error;
 mod follow;
+mod frame;
 mod guard;
 mod ingest;
 mod json;

@@ -36,7 +36,7 @@ mod store;
 mod timefmt;
 
 pub use config::{ApiConfig, HostPolicy};
-pub use ingest::spawn_ingest;
+pub use ingest::{spawn_ingest, spawn_ingest_thread};
 pub use routes::{router, routes};
 pub use serve::serve;
 pub use state::AppState;

@@ -159,7 +159,9 @@ async fn serve_until(
         ..ApiConfig::default()
     });
     let (ingest_tx, ingest_rx) = mpsc::channel(args.ingest_capacity.max(1));
-    let ingest = lpcmon_api::spawn_ingest(state.clone(), ingest_rx);
+    // Ingest runs on a thread of its own, never behind HTTP work on this runtime.
+    let ingest = lpcmon_api::spawn_ingest_thread(state.clone(), ingest_rx)
+        .context("cannot start the ingest thread")?;
     let port_server = start_port(&args, &port, ingest_tx)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
 
@@ -179,7 +181,11 @@ async fn serve_until(
     tokio::task::spawn_blocking(move || stop_port(port_server))
         .await
         .context("port server shutdown")??;
-    ingest.abort();
+    // The port server held the only sender: the ingest thread stores what is left and ends.
+    tokio::task::spawn_blocking(move || ingest.join())
+        .await
+        .context("ingest thread")?
+        .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
     Ok(())
 }
 
@@ -224,7 +230,10 @@ fn start_port(
     ));
     let config = UnixPortConfig {
         max_message: args.max_message.as_usize(),
-        handshake_timeout: args.handshake_timeout.0.max(std::time::Duration::from_millis(100)),
+        handshake_timeout: args
+            .handshake_timeout
+            .0
+            .max(std::time::Duration::from_millis(100)),
         ..UnixPortConfig::new(port)
     };
     UnixPortServer::start(config, dispatcher)

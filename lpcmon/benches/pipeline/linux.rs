@@ -224,12 +224,9 @@ const fn us(ns: u64) -> f64 {
 }
 
 fn ingest_rows(table: &mut Table, results: &Results, ingest: f64, ratio: f64) {
-    let burst_rates = results
-        .bursts
-        .iter()
-        .map(|b| fmt_int(b.rate))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rates: Vec<f64> = results.bursts.iter().map(|b| b.rate).collect();
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rates.iter().copied().fold(0.0, f64::max);
     let sum = |f: fn(&Burst) -> u64| results.bursts.iter().map(f).sum::<u64>();
     table.row(
         "lpcmon ingest (loadgen -> port -> store)",
@@ -242,9 +239,9 @@ fn ingest_rows(table: &mut Table, results: &Results, ingest: f64, ratio: f64) {
         ),
     );
     table.row(
-        "  per burst",
-        format!("{burst_rates} /s"),
-        "first burst fills the store".into(),
+        "  per burst: min / max",
+        format!("{} / {} /s", fmt_int(min), fmt_int(max)),
+        "the first bursts fill the store".into(),
     );
     table.row(
         "  stored / sent by loadgen",

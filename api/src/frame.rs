@@ -50,8 +50,8 @@ pub fn retry_frame(retry: Duration) -> Bytes {
 }
 
 fn data_frame(id: u64, name: &str, data: &[u8]) -> Bytes {
-    let mut id_buf = [0u8; 20];
-    let id_text = format_u64(&mut id_buf, id);
+    let mut id_buf = itoa::Buffer::new();
+    let id_text = id_buf.format(id).as_bytes();
     let mut out = BytesMut::with_capacity(4 + id_text.len() + 8 + name.len() + 7 + data.len() + 2);
     out.put_slice(b"id: ");
     out.put_slice(id_text);
@@ -70,20 +70,6 @@ fn data_frame(id: u64, name: &str, data: &[u8]) -> Bytes {
     out.put_slice(rest);
     out.put_slice(b"\n\n");
     out.freeze()
-}
-
-/// Formats `n` in decimal into the end of `buf` without allocating.
-fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[at..]
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use memchr::memmem;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::linux::{Http, WAIT, field_str, new_histogram, parse_rfc3339, spawn_loadgen, wait_child};
+use crate::linux::{
+    Http, WAIT, field_str, new_histogram, parse_rfc3339, spawn_loadgen, start_clients, wait_child,
+};
 
 pub const CLIENTS: usize = 1000;
 pub const RATE: u64 = 1000;
@@ -68,30 +70,13 @@ pub async fn run(
     client_rt: &tokio::runtime::Runtime,
 ) -> Result<Fanout, String> {
     let expected = RATE * SECONDS;
-    // One connection per client: the pool must not share them (it could not: streams never end).
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(SECONDS) + WAIT;
-    let mut clients = Vec::with_capacity(CLIENTS);
-    let mut ready = Vec::with_capacity(CLIENTS);
-    for i in 0..CLIENTS {
-        let (tx, rx) = oneshot::channel();
-        let url = format!("{base}/events/stream?kind=process.exec");
-        clients.push(client_rt.spawn(light_client(client.clone(), url, expected, deadline, i == 0, tx)));
-        ready.push(rx);
-    }
-    for rx in ready {
-        tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .map_err(|_| "an SSE client did not connect in 30 s")?
-            .map_err(|_| "an SSE client failed to connect")?;
-    }
-    let connected = http.stats().await?["sse"]["clients"].as_u64().unwrap_or(0);
-    if connected != CLIENTS as u64 {
-        return Err(format!("{connected} SSE clients connected, not {CLIENTS}"));
-    }
+    let url = format!("{base}/events/stream?kind=process.exec");
+    // One connection per client (a stream never ends, so none is shared); client 0 is the probe.
+    let clients = start_clients(http, client_rt, CLIENTS, |client, i, ready| {
+        light_client(client, url.clone(), expected, deadline, i == 0, ready)
+    })
+    .await?;
 
     // /healthz on its own connection, every 20 ms, until the run ends.
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();

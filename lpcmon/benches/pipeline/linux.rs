@@ -263,12 +263,7 @@ fn ingest_rows(table: &mut Table, results: &Results, ingest: f64, ratio: f64) {
 fn latency_rows(table: &mut Table, l: &Latency) {
     table.row(
         "SSE latency p50 / p99 / max",
-        format!(
-            "{:.0} / {:.0} / {:.0} us",
-            us(l.hist.value_at_quantile(0.50)),
-            us(l.hist.value_at_quantile(0.99)),
-            us(l.hist.max())
-        ),
+        p50_p99_max(&l.hist),
         verdict(l.hist.value_at_quantile(0.99) <= 2_000_000, "p99 <= 2000 us"),
     );
     table.row(
@@ -289,6 +284,15 @@ fn latency_rows(table: &mut Table, l: &Latency) {
         format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
         format!("loadgen sent {}, queue drops {}", l.sent, l.queue_dropped),
     );
+}
+
+fn p50_p99_max(hist: &Histogram<u64>) -> String {
+    format!(
+        "{:.0} / {:.0} / {:.0} us",
+        us(hist.value_at_quantile(0.50)),
+        us(hist.value_at_quantile(0.99)),
+        us(hist.max())
+    )
 }
 
 fn fanout_rows(table: &mut Table, f: &fanout::Fanout) {
@@ -321,23 +325,14 @@ fn fanout_rows(table: &mut Table, f: &fanout::Fanout) {
     );
     let delay = f.ingest_delay.value_at_quantile(0.99);
     table.row(
-        "  ingest delay (received - time) p50 / p99",
-        format!(
-            "{:.0} / {:.0} us",
-            us(f.ingest_delay.value_at_quantile(0.50)),
-            us(delay)
-        ),
+        "  ingest delay (received - time) p50 / p99 / max",
+        p50_p99_max(&f.ingest_delay),
         verdict(delay <= 10_000_000, "p99 <= 10,000 us"),
     );
     let health = f.healthz.value_at_quantile(0.99);
     table.row(
         "  /healthz p50 / p99 / max",
-        format!(
-            "{:.0} / {:.0} / {:.0} us",
-            us(f.healthz.value_at_quantile(0.50)),
-            us(health),
-            us(f.healthz.max())
-        ),
+        p50_p99_max(&f.healthz),
         verdict(
             health <= 50_000_000 && f.healthz_failures == 0,
             &format!("p99 <= 50,000 us; {} failed", f.healthz_failures),
@@ -689,29 +684,12 @@ async fn latency_run(
     client_rt: &tokio::runtime::Runtime,
 ) -> Result<Latency, String> {
     let expected = LAT_RATE * LAT_SECONDS;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(LAT_SECONDS) + WAIT;
-    let mut clients = Vec::new();
-    let mut ready = Vec::new();
-    for _ in 0..SSE_CLIENTS {
-        let (tx, rx) = oneshot::channel();
-        let url = format!("{base}/events/stream");
-        clients.push(client_rt.spawn(sse_client(client.clone(), url, expected, deadline, tx)));
-        ready.push(rx);
-    }
-    for rx in ready {
-        tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .map_err(|_| "an SSE client did not connect in 10 s")?
-            .map_err(|_| "an SSE client failed to connect")?;
-    }
-    let connected = http.stats().await?["sse"]["clients"].as_u64().unwrap_or(0);
-    if connected != SSE_CLIENTS as u64 {
-        return Err(format!("{connected} SSE clients connected, not {SSE_CLIENTS}"));
-    }
+    let url = format!("{base}/events/stream");
+    let clients = start_clients(http, client_rt, SSE_CLIENTS, |client, _, ready| {
+        sse_client(client, url.clone(), expected, deadline, ready)
+    })
+    .await?;
 
     let child = spawn_loadgen(port, LAT_RATE, expected, LAT_QUEUE)?;
     let report = wait_child(child, Instant::now() + Duration::from_secs(LAT_SECONDS) + WAIT).await?;
@@ -732,6 +710,42 @@ async fn latency_run(
         sent: report["sent"].as_u64().unwrap_or(0),
         queue_dropped: report["dropped"].as_u64().unwrap_or(0),
     })
+}
+
+/// Starts `count` SSE clients on `client_rt` (one connection each, from `make(client, index,
+/// ready)`), waits until each has its stream open, and checks the server counts them all.
+pub(crate) async fn start_clients<T, Fut>(
+    http: &Http,
+    client_rt: &tokio::runtime::Runtime,
+    count: usize,
+    mut make: impl FnMut(reqwest::Client, usize, oneshot::Sender<()>) -> Fut,
+) -> Result<Vec<tokio::task::JoinHandle<T>>, String>
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut clients = Vec::with_capacity(count);
+    let mut ready = Vec::with_capacity(count);
+    for i in 0..count {
+        let (tx, rx) = oneshot::channel();
+        clients.push(client_rt.spawn(make(client.clone(), i, tx)));
+        ready.push(rx);
+    }
+    for rx in ready {
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| "an SSE client did not connect in 30 s")?
+            .map_err(|_| "an SSE client failed to connect")?;
+    }
+    let connected = http.stats().await?["sse"]["clients"].as_u64().unwrap_or(0);
+    if connected != count as u64 {
+        return Err(format!("{connected} SSE clients connected, not {count}"));
+    }
+    Ok(clients)
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {

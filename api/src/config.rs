@@ -12,7 +12,8 @@ pub struct ApiConfig {
     /// When set, every route but `/healthz` and the static dashboard needs
     /// `Authorization: Bearer <token>`; `/events/stream` also takes `?token=`.
     pub token: Option<String>,
-    /// How often an idle SSE stream sends a keep-alive comment.
+    /// How often an idle SSE stream sends a keep-alive comment: between one and two of these
+    /// after its last frame (the timer is checked per period, not re-armed per event).
     pub keepalive: Duration,
     /// The reconnect delay SSE clients are told (`retry:`).
     pub sse_retry: Duration,
@@ -25,7 +26,9 @@ pub struct ApiConfig {
     /// from accept for the first request) before it is closed.
     pub header_read_timeout: Duration,
     /// How long a connection may stay with no byte read or written before it is closed. SSE
-    /// streams send a keep-alive every `keepalive`, so they are never idle by this measure.
+    /// streams send a keep-alive at most two `keepalive`s after their last frame, so with
+    /// `keepalive` at most a third of this they are never idle by this measure. Checked every
+    /// quarter of this, so a connection closes up to a quarter late.
     pub idle_timeout: Duration,
     /// Most HTTP connections open at once; more wait in the listen backlog.
     pub max_connections: usize,

@@ -20,10 +20,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use lpcmon_store::{Database, Order};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::durable;
+use crate::frame::Live;
 use crate::query::Filter;
 use crate::state::{AppState, GapReason};
 use crate::store::StoredEvent;
@@ -34,7 +36,10 @@ const CATCH_UP_CHUNK: u64 = 1024;
 /// What the stream sends next.
 #[derive(Debug)]
 pub enum Item {
+    /// A replayed event, rendered by the stream that sends it.
     Event(Arc<StoredEvent>),
+    /// A live event's frame, rendered once at ingest and shared by every stream.
+    Live(Bytes),
     Gap {
         missed: u64,
         reason: GapReason,
@@ -62,7 +67,7 @@ impl Drop for ClientGuard {
 
 pub struct Follower {
     state: AppState,
-    live: broadcast::Receiver<Arc<StoredEvent>>,
+    live: broadcast::Receiver<Live>,
     filter: Filter,
     done: u64,
     pending: VecDeque<Item>,
@@ -113,11 +118,11 @@ impl Follower {
                 continue;
             }
             match self.live.recv().await {
-                Ok(event) if event.id <= self.done => {}
-                Ok(event) if event.id == self.done + 1 => {
-                    self.done = event.id;
-                    if self.filter.matches(&event) {
-                        return Some(Item::Event(event));
+                Ok(live) if live.event.id <= self.done => {}
+                Ok(live) if live.event.id == self.done + 1 => {
+                    self.done = live.event.id;
+                    if self.filter.matches(&live.event) {
+                        return Some(Item::Live(live.frame));
                     }
                 }
                 // Broadcasts arrive in id order without holes, but if one ever skipped, the

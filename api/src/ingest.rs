@@ -33,6 +33,22 @@ pub fn spawn_ingest(state: AppState, rx: mpsc::Receiver<Output>) -> JoinHandle<(
     tokio::spawn(run(state, rx))
 }
 
+/// Starts the ingest task on a thread of its own (with a single-threaded runtime), so it never
+/// waits behind HTTP work: a thousand busy SSE streams on the HTTP runtime would otherwise
+/// delay every batch by a whole scheduling round. Call it instead of [`spawn_ingest`]; the
+/// thread ends when every sender of `rx` is dropped and what they sent is stored.
+pub fn spawn_ingest_thread(
+    state: AppState,
+    rx: mpsc::Receiver<Output>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("lpcmon-ingest".into())
+        .spawn(move || runtime.block_on(run(state, rx)))
+}
+
 async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
     let durable = state.database().cloned().map(DurableIngest::new);
     let next_id = match state.database() {

@@ -20,6 +20,7 @@ mod config;
 mod durable;
 mod error;
 mod follow;
+mod frame;
 mod guard;
 mod ingest;
 mod json;
@@ -37,7 +38,7 @@ mod timefmt;
 
 pub use config::{ApiConfig, HostPolicy};
 pub use durable::restored_instances;
-pub use ingest::spawn_ingest;
+pub use ingest::{spawn_ingest, spawn_ingest_thread};
 pub use routes::{router, routes};
 pub use serve::serve;
 pub use state::AppState;

@@ -8,6 +8,7 @@ use lpcmon_store::Database;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::ApiConfig;
+use crate::frame::Live;
 use crate::stats::Stats;
 use crate::store::{Store, StoredEvent};
 use crate::timefmt::now_ns;
@@ -74,7 +75,7 @@ pub(crate) struct Shared {
     pub stats: Mutex<Stats>,
     /// New events, for live SSE streams. Bounded: a slow receiver lags instead of holding
     /// the sender back.
-    pub live: broadcast::Sender<Arc<StoredEvent>>,
+    pub live: broadcast::Sender<Live>,
     pub sse: SseCounters,
     /// Set once the service is shutting down: every SSE stream ends.
     pub closing: watch::Sender<bool>,
@@ -200,13 +201,19 @@ impl AppState {
         &self.0.sse
     }
 
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.0.live.subscribe()
     }
 
+    /// Publishes a stored event to live streams, with its SSE frame rendered once for all of
+    /// them. With no stream listening, a send would drop the value anyway (the store has the
+    /// event), so the frame is not rendered at all. A stream subscribing right after this
+    /// check reads the store after subscribing, and finds the event there.
     pub(crate) fn publish(&self, event: Arc<StoredEvent>) {
-        // An error only means no stream is listening right now; the store has the event.
-        let _ = self.0.live.send(event);
+        if self.0.live.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.0.live.send(Live::new(event));
     }
 
     /// Whole seconds since the state was created, the clock of the rate windows.

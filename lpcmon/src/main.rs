@@ -190,7 +190,9 @@ async fn serve_until(
         ),
     };
     let (ingest_tx, ingest_rx) = mpsc::channel(args.ingest_capacity.max(1));
-    let ingest = lpcmon_api::spawn_ingest(state.clone(), ingest_rx);
+    // Ingest runs on a thread of its own, never behind HTTP work on this runtime.
+    let ingest = lpcmon_api::spawn_ingest_thread(state.clone(), ingest_rx)
+        .context("cannot start the ingest thread")?;
     let port_server = start_port(&args, &port, ingest_tx, restored)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
 
@@ -210,16 +212,12 @@ async fn serve_until(
     tokio::task::spawn_blocking(move || stop_port(port_server))
         .await
         .context("port server shutdown")??;
-    // The port server is gone, so the ingest channel's senders are: the ingest task drains
-    // what is left and ends. Then the store commits everything (a graceful stop loses nothing).
-    let mut ingest = ingest;
-    if tokio::time::timeout(std::time::Duration::from_secs(30), &mut ingest)
+    // The port server held the only sender: the ingest thread stores what is left and ends.
+    // Then the store commits everything (a graceful stop loses nothing).
+    tokio::task::spawn_blocking(move || ingest.join())
         .await
-        .is_err()
-    {
-        tracing::error!("the ingest task did not finish within 30 s; stopping it");
-        ingest.abort();
-    }
+        .context("ingest thread")?
+        .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
     if let Some(db) = database {
         tokio::task::spawn_blocking(move || db.close())
             .await

@@ -278,7 +278,14 @@ fn tail_follows_across_a_server_restart() {
     // Resuming from an id the store no longer holds prints the gap, with its exact size.
     let small = serve(&dir.path().join("c"), free_port(), &["--retain", "5"]);
     loadgen(&small.socket, &["--rate", "0", "--count", "20"]);
-    // 22 events stored in all (connect, 20, disconnect), the newest 5 kept: ids 18..=22.
+    // 22 events stored in all (connect, 20, disconnect), the newest 5 kept: ids 18..=22. The
+    // load generator's exit says they were sent, not yet stored (ingest runs on its own
+    // thread), so wait for the store before resuming from id 1.
+    let deadline = Instant::now() + WAIT;
+    while status_json(&small.url)["store"]["stored_total"] != 22 {
+        assert!(Instant::now() < deadline, "the 22 events were never stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (_tail, rx) = spawn_tail(&["--url", &small.url, "--after", "1", "--count", "5"]);
     let mut lines = Vec::new();
     lines_until(&rx, &mut lines, "the gap and the kept events", |l| {

@@ -17,13 +17,15 @@
 //! 4. **Latency** from the load generator's push (`time`) to the moment an SSE client over real
 //!    HTTP reads the event, at 10,000 events/s for 5 s with 10 clients; one hdrhistogram per
 //!    client, merged.
-//! 5. **Resident memory** of this process (`VmRSS`, `VmHWM`) next to the store's limits.
-//! 6. **The durable store** (issue #12): the same bursts and latency run again with an SQLite
-//!    file behind the in-memory tail (`AppState::with_database`, a temporary file). A burst's
-//!    rate then runs to the moment its last event is *committed*, not only stored in memory. It
-//!    prints the ratio to in-memory ingest, the writer's commit latency (p50/p99 per commit), the
-//!    send -> SSE latency with the store on (ids are published before their commit, from blocks
-//!    reserved ahead, so streams should not feel the disk), and database bytes per event.
+//! 5. **Resident memory** of this process (`VmRSS`, `VmHWM`) next to the store's limits: idle
+//!    (before the server starts) and after a rate-0 flood of at least [`FLOOD_SECONDS`] s (the
+//!    ingest bursts, repeated until that long), against `retain_bytes`.
+//! 6. **Fan-out** (`fanout.rs`): 1,000 SSE clients at 1,000 events/s for 20 s: deliveries,
+//!    gaps, server CPU per delivery, ingest delay p99 and `/healthz` p99 during the run.
+//!
+//! `LPCMON_BENCH_SCENARIO=raw,ingest,latency,fanout` (any subset, comma-separated) runs only
+//! those parts; `LPCMON_BENCH_JSON=PATH` also writes the figures as one JSON object to PATH
+//! (keys in [`write_json`]; a part not run is `null`).
 //!
 //! The load generator runs in a child process (this same executable, re-run with an
 //! environment variable), as it would in production. That keeps its queue out of this
@@ -47,15 +49,16 @@ use alpc_server::dispatch::{Dispatcher, PortCounters};
 use alpc_server::unix::{UnixPortConfig, UnixPortServer};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use lpcmon_api::{ApiConfig, AppState, spawn_ingest};
+use lpcmon_api::{ApiConfig, AppState, spawn_ingest_thread};
 use lpcmon_protocol::ProducerKind;
 use lpcmon_protocol::server::ServerConfig;
 use lpcmon_sensor::loadgen::{self, LoadgenConfig};
 use lpcmon_sensor::runtime::ProducerConfig;
-use lpcmon_store::{CommitLatency, Database, Retention};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, sockopt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::fanout;
 
 /// Encoded size of every event, bytes.
 const SIZE: usize = 200;
@@ -77,11 +80,61 @@ const RETAIN_BYTES: usize = 64 * 1024 * 1024;
 /// Larger than a burst, so a burst can never overflow it.
 const INGEST_CAPACITY: usize = 131_072;
 /// Longest any single wait may take.
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Set in the child's environment: `port|rate|count|queue`.
 const CHILD_ENV: &str = "LPCMON_BENCH_LOADGEN";
+/// The parts to run (default: all).
+const SCENARIO_ENV: &str = "LPCMON_BENCH_SCENARIO";
+/// Where to write the figures as JSON.
+const JSON_ENV: &str = "LPCMON_BENCH_JSON";
+/// The rate-0 flood lasts at least this long (the ingest bursts, repeated).
+const FLOOD_SECONDS: u64 = 20;
+/// Enough HTTP connections for the fan-out's clients and the bench's own requests.
+const MAX_HTTP_CONNECTIONS: usize = 2048;
+
+/// Which parts of the bench run.
+#[derive(Clone, Copy)]
+struct Scenarios {
+    raw: bool,
+    ingest: bool,
+    latency: bool,
+    fanout: bool,
+}
+
+impl Scenarios {
+    fn from_env() -> Result<Self, String> {
+        let Ok(list) = std::env::var(SCENARIO_ENV) else {
+            return Ok(Scenarios {
+                raw: true,
+                ingest: true,
+                latency: true,
+                fanout: true,
+            });
+        };
+        let mut s = Scenarios {
+            raw: false,
+            ingest: false,
+            latency: false,
+            fanout: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "raw" => s.raw = true,
+                "ingest" => s.ingest = true,
+                "latency" => s.latency = true,
+                "fanout" => s.fanout = true,
+                other => {
+                    return Err(format!(
+                        "{SCENARIO_ENV}: unknown part {other:?} (raw, ingest, latency, fanout)"
+                    ));
+                }
+            }
+        }
+        Ok(s)
+    }
+}
 
 pub fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
@@ -89,12 +142,19 @@ pub fn main() {
         return;
     }
     check_time_parser();
+    let scenarios = match Scenarios::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let started = Instant::now();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut table = Table::default();
 
-    // 1. The ceiling.
-    let raw = raw_seqpacket(RAW_COUNT);
+    // 1. The ceiling (the ratio needs it).
+    let raw = (scenarios.raw || scenarios.ingest).then(|| raw_seqpacket(RAW_COUNT));
 
     let mem_before = memory();
     let dir = std::env::temp_dir().join(format!("lpcmon-bench-{}", std::process::id()));
@@ -104,53 +164,84 @@ pub fn main() {
         .expect("server runtime");
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("bench-sse-client")
+        .thread_name(fanout::CLIENT_THREAD)
         .enable_all()
         .build()
         .expect("client runtime");
 
-    let results = server_rt.block_on(run_server_phases(&dir, &client_rt, false));
-    let mem_between = memory();
-    let durable = results
-        .as_ref()
-        .ok()
-        .map(|_| server_rt.block_on(run_server_phases(&dir.join("durable"), &client_rt, true)));
+    let results = server_rt.block_on(run_server_phases(&dir, &client_rt, scenarios));
     drop(client_rt);
     drop(server_rt);
     let _ = std::fs::remove_dir_all(&dir);
-    let (results, durable) = match (results, durable) {
-        (Ok(r), Some(Ok(d))) => (r, d),
-        (Err(e), _) | (_, Some(Err(e))) => {
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
             eprintln!("pipeline bench failed: {e}");
             std::process::exit(1);
         }
-        (Ok(_), None) => unreachable!("the durable run follows a successful in-memory run"),
     };
 
     // The table.
-    let ingest = median(&results.bursts.iter().map(|b| b.rate).collect::<Vec<_>>());
-    let ratio = ingest / raw;
-    let burst_rates = results
-        .bursts
-        .iter()
-        .map(|b| fmt_int(b.rate))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sum = |f: fn(&Burst) -> u64| results.bursts.iter().map(f).sum::<u64>();
-    table.row(
-        "raw SEQPACKET (socketpair, 2 threads)",
-        format!("{} datagrams/s", fmt_int(raw)),
-        format!("ceiling ({} x {SIZE} B)", fmt_int(RAW_COUNT as f64)),
+    let ingest = (!results.bursts.is_empty())
+        .then(|| median(&results.bursts.iter().map(|b| b.rate).collect::<Vec<_>>()));
+    let ratio = ingest.zip(raw).map(|(i, r)| i / r);
+    if let Some(raw) = raw {
+        table.row(
+            "raw SEQPACKET (socketpair, 2 threads)",
+            format!("{} datagrams/s", fmt_int(raw)),
+            format!("ceiling ({} x {SIZE} B)", fmt_int(RAW_COUNT as f64)),
+        );
+    }
+    if let (Some(ingest), Some(ratio)) = (ingest, ratio) {
+        ingest_rows(&mut table, &results, ingest, ratio);
+    }
+    if let Some(l) = &results.latency {
+        latency_rows(&mut table, l);
+    }
+    if let Some(f) = &results.fanout {
+        fanout_rows(&mut table, f);
+    }
+    memory_rows(&mut table, &results, mem_before);
+    println!();
+    println!(
+        "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s",
+        started.elapsed().as_secs_f64()
     );
+    table.print();
+    if let Ok(path) = std::env::var(JSON_ENV) {
+        match write_json(Path::new(&path), &results, raw, ingest, ratio, mem_before) {
+            Ok(()) => println!("figures written to {path}"),
+            Err(e) => {
+                eprintln!("{JSON_ENV}={path}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+const fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn ingest_rows(table: &mut Table, results: &Results, ingest: f64, ratio: f64) {
+    let rates: Vec<f64> = results.bursts.iter().map(|b| b.rate).collect();
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rates.iter().copied().fold(0.0, f64::max);
+    let sum = |f: fn(&Burst) -> u64| results.bursts.iter().map(f).sum::<u64>();
     table.row(
         "lpcmon ingest (loadgen -> port -> store)",
         format!("{} events/s", fmt_int(ingest)),
-        format!("median of {BURSTS} bursts x {}", fmt_int(BURST_COUNT as f64)),
+        format!(
+            "median of {} bursts x {} ({:.0} s flood)",
+            results.bursts.len(),
+            fmt_int(BURST_COUNT as f64),
+            results.flood_seconds
+        ),
     );
     table.row(
-        "  per burst",
-        format!("{burst_rates} /s"),
-        "first burst fills the store".into(),
+        "  per burst: min / max",
+        format!("{} / {} /s", fmt_int(min), fmt_int(max)),
+        "the first bursts fill the store".into(),
     );
     table.row(
         "  stored / sent by loadgen",
@@ -167,9 +258,14 @@ pub fn main() {
         format!("{ratio:.2}"),
         verdict(ratio >= 0.8, ">= 0.80"),
     );
-    let l = &results.latency;
-    let us = |v: u64| v as f64 / 1000.0;
-    latency_row(&mut table, "SSE latency p50 / p99 / max", l);
+}
+
+fn latency_rows(table: &mut Table, l: &Latency) {
+    table.row(
+        "SSE latency p50 / p99 / max",
+        p50_p99_max(&l.hist),
+        verdict(l.hist.value_at_quantile(0.99) <= 2_000_000, "p99 <= 2000 us"),
+    );
     table.row(
         "  p90 / p99.9 / mean",
         format!(
@@ -188,23 +284,82 @@ pub fn main() {
         format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
         format!("loadgen sent {}, queue drops {}", l.sent, l.queue_dropped),
     );
-    let store_limit = RETAIN_BYTES as f64 / MIB;
+}
+
+fn p50_p99_max(hist: &Histogram<u64>) -> String {
+    format!(
+        "{:.0} / {:.0} / {:.0} us",
+        us(hist.value_at_quantile(0.50)),
+        us(hist.value_at_quantile(0.99)),
+        us(hist.max())
+    )
+}
+
+fn fanout_rows(table: &mut Table, f: &fanout::Fanout) {
     table.row(
-        "VmRSS before / after ingest / at end",
+        "fan-out: delivered / expected",
+        format!("{} / {}", f.deliveries, f.expected),
         format!(
-            "{:.1} / {:.1} / {:.1} MiB",
-            mem_before.rss / MIB,
-            results.mem_after_ingest.rss / MIB,
-            results.mem_end.rss / MIB
-        ),
-        verdict(
-            results.mem_end.rss / MIB <= 64.0 + store_limit,
-            &format!("<= 64 + {store_limit:.0} (store) = {:.0} MiB", 64.0 + store_limit),
+            "{} clients, {} ev/s, {} s; loadgen sent {}",
+            f.clients,
+            fanout::RATE,
+            fanout::SECONDS,
+            f.sent
         ),
     );
     table.row(
-        "VmHWM (peak) at end",
-        format!("{:.1} MiB", results.mem_end.hwm / MIB),
+        "  gaps (missed)",
+        format!("{} ({})", f.gaps, f.missed),
+        "delivered + missed = expected".into(),
+    );
+    let per = f.server_cpu_us_per_delivery();
+    table.row(
+        "  server CPU per delivery",
+        format!("{per:.2} us"),
+        verdict(per <= 0.3, "<= 0.30 us"),
+    );
+    table.row(
+        "  CPU s: server / clients / wall",
+        format!("{:.1} / {:.1} / {:.1}", f.server_cpu_s, f.client_cpu_s, f.wall_s),
+        "clients are threads of this process, not counted".into(),
+    );
+    let delay = f.ingest_delay.value_at_quantile(0.99);
+    table.row(
+        "  ingest delay (received - time) p50 / p99 / max",
+        p50_p99_max(&f.ingest_delay),
+        verdict(delay <= 10_000_000, "p99 <= 10,000 us"),
+    );
+    let health = f.healthz.value_at_quantile(0.99);
+    table.row(
+        "  /healthz p50 / p99 / max",
+        p50_p99_max(&f.healthz),
+        verdict(
+            health <= 50_000_000 && f.healthz_failures == 0,
+            &format!("p99 <= 50,000 us; {} failed", f.healthz_failures),
+        ),
+    );
+}
+
+fn memory_rows(table: &mut Table, results: &Results, mem_before: Memory) {
+    let store_limit = RETAIN_BYTES as f64 / MIB;
+    if let Some(flood) = results.mem_after_flood {
+        let limit = mem_before.rss / MIB + 1.25 * store_limit;
+        table.row(
+            "VmRSS idle / after flood",
+            format!("{:.1} / {:.1} MiB", mem_before.rss / MIB, flood.rss / MIB),
+            verdict(
+                flood.rss / MIB <= limit,
+                &format!("<= idle + 1.25 x {store_limit:.0} MiB = {limit:.0} MiB"),
+            ),
+        );
+    }
+    table.row(
+        "VmRSS / VmHWM (peak) at end",
+        format!(
+            "{:.1} / {:.1} MiB",
+            results.mem_end.rss / MIB,
+            results.mem_end.hwm / MIB
+        ),
         "".into(),
     );
     table.row(
@@ -217,13 +372,36 @@ pub fn main() {
         ),
         "retain / retain_bytes (binary defaults)".into(),
     );
-    durable_rows(&mut table, &results, &durable, mem_between);
-    println!();
-    println!(
-        "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    table.print();
+}
+
+/// The figures as one JSON object, for tracking trends. A part not run is `null`.
+fn write_json(
+    path: &Path,
+    results: &Results,
+    raw: Option<f64>,
+    ingest: Option<f64>,
+    ratio: Option<f64>,
+    mem_before: Memory,
+) -> Result<(), String> {
+    let latency = results.latency.as_ref();
+    let fan = results.fanout.as_ref();
+    let value = serde_json::json!({
+        "ingest_per_s": ingest,
+        "raw_per_s": raw,
+        "ingest_ratio": ratio,
+        "sse_p99_us": latency.map(|l| us(l.hist.value_at_quantile(0.99))),
+        "fanout_clients": fan.map(|f| f.clients),
+        "fanout_deliveries": fan.map(|f| f.deliveries),
+        "fanout_gaps": fan.map(|f| f.gaps),
+        "fanout_server_cpu_us_per_delivery": fan.map(fanout::Fanout::server_cpu_us_per_delivery),
+        "fanout_ingest_delay_p99_us": fan.map(|f| us(f.ingest_delay.value_at_quantile(0.99))),
+        "fanout_healthz_p99_us": fan.map(|f| us(f.healthz.value_at_quantile(0.99))),
+        "rss_idle_mib": mem_before.rss / MIB,
+        "rss_after_flood_mib": results.mem_after_flood.map(|m| m.rss / MIB),
+        "retain_bytes_mib": RETAIN_BYTES as f64 / MIB,
+    });
+    let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,114 +466,22 @@ struct Latency {
 
 struct Results {
     bursts: Vec<Burst>,
-    latency: Latency,
-    mem_after_ingest: Memory,
+    flood_seconds: f64,
+    latency: Option<Latency>,
+    fanout: Option<fanout::Fanout>,
+    mem_after_flood: Option<Memory>,
     mem_end: Memory,
     store_events: u64,
     store_bytes: u64,
-    /// The run with an SQLite store.
-    durable: Option<DurableFigures>,
 }
 
-struct DurableFigures {
-    commit: CommitLatency,
-    events: u64,
-    bytes: u64,
-}
-
-/// send -> SSE latency against the 2 ms target.
-fn latency_row(table: &mut Table, label: &str, l: &Latency) {
-    let us = |v: u64| v as f64 / 1000.0;
-    table.row(
-        label,
-        format!(
-            "{:.0} / {:.0} / {:.0} us",
-            us(l.hist.value_at_quantile(0.50)),
-            us(l.hist.value_at_quantile(0.99)),
-            us(l.hist.max())
-        ),
-        verdict(l.hist.value_at_quantile(0.99) <= 2_000_000, "p99 <= 2000 us"),
-    );
-}
-
-/// The rows of the run with the SQLite store, next to the in-memory run's.
-fn durable_rows(table: &mut Table, memory: &Results, durable: &Results, mem_between: Memory) {
-    let Some(d) = &durable.durable else { return };
-    let median_rate = |r: &Results| median(&r.bursts.iter().map(|b| b.rate).collect::<Vec<_>>());
-    let (in_memory, on_disk) = (median_rate(memory), median_rate(durable));
-    let ratio = on_disk / in_memory;
-    let rates = durable
-        .bursts
-        .iter()
-        .map(|b| fmt_int(b.rate))
-        .collect::<Vec<_>>()
-        .join(", ");
-    table.row(
-        "SQLite store: ingest to commit",
-        format!("{} events/s", fmt_int(on_disk)),
-        format!("median of {BURSTS} bursts: {rates} /s"),
-    );
-    table.row(
-        "  ratio SQLite / in-memory ingest",
-        format!("{ratio:.2}"),
-        verdict(ratio >= 0.8, ">= 0.80"),
-    );
-    let sum = |f: fn(&Burst) -> u64| durable.bursts.iter().map(f).sum::<u64>();
-    table.row(
-        "  stored / sent, drops: server_ingest",
-        format!(
-            "{} / {}, {}",
-            sum(|b| b.stored),
-            sum(|b| b.sent),
-            sum(|b| b.ingest_dropped)
-        ),
-        "equal, 0".into(),
-    );
-    let ms = |v: Duration| v.as_secs_f64() * 1000.0;
-    table.row(
-        "  commit latency p50 / p99 / max",
-        format!(
-            "{:.2} / {:.2} / {:.2} ms",
-            ms(d.commit.p50),
-            ms(d.commit.p99),
-            ms(d.commit.max)
-        ),
-        format!("{} commits (<= 5 ms or 4096 events each)", d.commit.commits),
-    );
-    let l = &durable.latency;
-    latency_row(table, "  SSE latency p50 / p99 / max, store on", l);
-    table.row(
-        "  delivered / expected, gaps (missed)",
-        format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
-        format!("{} ev/s, {SSE_CLIENTS} clients", fmt_int(LAT_RATE as f64)),
-    );
-    table.row(
-        "  database bytes per event",
-        format!("{:.0} B", d.bytes as f64 / d.events.max(1) as f64),
-        format!(
-            "{} events in {:.1} MiB ({SIZE}-byte events, FTS included)",
-            fmt_int(d.events as f64),
-            d.bytes as f64 / MIB
-        ),
-    );
-    table.row(
-        "  VmRSS before / at end, store on",
-        format!(
-            "{:.1} / {:.1} MiB",
-            mem_between.rss / MIB,
-            durable.mem_end.rss / MIB
-        ),
-        "tail: binary defaults".into(),
-    );
-}
-
-struct Http {
+pub(crate) struct Http {
     base: String,
     client: reqwest::Client,
 }
 
 impl Http {
-    async fn json(&self, path: &str) -> Result<Value, String> {
+    pub(crate) async fn json(&self, path: &str) -> Result<Value, String> {
         let fut = async {
             let r = self.client.get(format!("{}{path}", self.base)).send().await?;
             r.text().await
@@ -407,7 +493,7 @@ impl Http {
         serde_json::from_str(&text).map_err(|e| format!("GET {path}: {e}: {text}"))
     }
 
-    async fn stats(&self) -> Result<Value, String> {
+    pub(crate) async fn stats(&self) -> Result<Value, String> {
         self.json("/stats").await
     }
 }
@@ -419,31 +505,18 @@ fn exec_count(stats: &Value) -> u64 {
 async fn run_server_phases(
     dir: &Path,
     client_rt: &tokio::runtime::Runtime,
-    durable: bool,
+    scenarios: Scenarios,
 ) -> Result<Results, String> {
     let port_path = dir.join("port.sock");
-    let config = ApiConfig {
+    let state = AppState::new(ApiConfig {
         retain: RETAIN,
         retain_bytes: RETAIN_BYTES,
+        max_connections: MAX_HTTP_CONNECTIONS,
         ..ApiConfig::default()
-    };
-    let database = if durable {
-        let keep_all = Retention {
-            events: u64::MAX,
-            bytes: u64::MAX,
-            max_age: None,
-        };
-        let db = Database::open(&dir.join("events.db"), keep_all).map_err(|e| e.to_string())?;
-        Some(Arc::new(db))
-    } else {
-        None
-    };
-    let state = match &database {
-        Some(db) => AppState::with_database(config, db.clone()),
-        None => AppState::new(config),
-    };
+    });
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CAPACITY);
-    let ingest = spawn_ingest(state.clone(), ingest_rx);
+    // As the binary wires it: ingest on a thread of its own.
+    let ingest = spawn_ingest_thread(state.clone(), ingest_rx).map_err(|e| format!("ingest thread: {e}"))?;
     let dispatcher = Arc::new(Dispatcher::new(
         ServerConfig {
             api: "unix",
@@ -479,31 +552,35 @@ async fn run_server_phases(
 
     let outcome = async {
         let mut bursts = Vec::new();
-        for i in 0..BURSTS {
-            let b = burst(&http, &port_path, &counters, BURST_COUNT, durable)
+        let flood_start = Instant::now();
+        let flood = Duration::from_secs(FLOOD_SECONDS);
+        while scenarios.ingest && (bursts.len() < BURSTS || flood_start.elapsed() < flood) {
+            let b = burst(&http, &port_path, &counters, BURST_COUNT)
                 .await
-                .map_err(|e| format!("burst {}: {e}", i + 1))?;
+                .map_err(|e| format!("burst {}: {e}", bursts.len() + 1))?;
             bursts.push(b);
         }
-        let mem_after_ingest = memory();
-        let latency = latency_run(&http, &base, &port_path, client_rt).await?;
+        let flood_seconds = flood_start.elapsed().as_secs_f64();
+        let mem_after_flood = scenarios.ingest.then(memory);
+        let latency = match scenarios.latency {
+            true => Some(latency_run(&http, &base, &port_path, client_rt).await?),
+            false => None,
+        };
+        let fanout = match scenarios.fanout {
+            true => Some(fanout::run(&http, &base, &port_path, client_rt).await?),
+            false => None,
+        };
         let mem_end = memory();
         let stats = http.stats().await?;
         Ok::<_, String>(Results {
             bursts,
+            flood_seconds,
             latency,
-            mem_after_ingest,
+            fanout,
+            mem_after_flood,
             mem_end,
             store_events: stats["store"]["events"].as_u64().unwrap_or(0),
             store_bytes: stats["store"]["bytes"].as_u64().unwrap_or(0),
-            durable: database.as_ref().map(|db| {
-                let status = db.status();
-                DurableFigures {
-                    commit: db.commit_latency(),
-                    events: status.events,
-                    bytes: status.bytes,
-                }
-            }),
         })
     }
     .await;
@@ -517,14 +594,14 @@ async fn run_server_phases(
     )
     .await;
     // The port server held the only ingest sender, so the task ends on its own.
-    if tokio::time::timeout(Duration::from_secs(5), ingest)
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || ingest.join()),
+    )
+    .await
+    .is_err()
     {
-        eprintln!("ingest task did not end in 5 s");
-    }
-    if let Some(db) = database {
-        let _ = tokio::task::spawn_blocking(move || db.close()).await;
+        eprintln!("ingest thread did not end in 5 s");
     }
     outcome
 }
@@ -532,13 +609,7 @@ async fn run_server_phases(
 // ---------------------------------------------------------------------------------------------
 // 2. Rate-0 bursts
 
-async fn burst(
-    http: &Http,
-    port: &Path,
-    counters: &PortCounters,
-    count: u64,
-    durable: bool,
-) -> Result<Burst, String> {
+async fn burst(http: &Http, port: &Path, counters: &PortCounters, count: u64) -> Result<Burst, String> {
     let before = http.stats().await?;
     let newest_before = before["store"]["newest_id"].as_u64().unwrap_or(0);
     let exec_before = exec_count(&before);
@@ -586,22 +657,7 @@ async fn burst(
         ));
     }
     let t0 = parse_rfc3339(first["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
-    let mut t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
-    if durable {
-        // With the store, the burst ends when its last event is committed.
-        let last_id = last["id"].as_u64().unwrap_or(u64::MAX);
-        loop {
-            let stats = http.stats().await?;
-            if stats["store"]["durable"]["newest_id"].as_u64().unwrap_or(0) >= last_id {
-                t1 = t1.max(wall_ns());
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err("the burst was not committed".into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
+    let t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
     let seconds = t1.saturating_sub(t0) as f64 / 1e9;
     Ok(Burst {
         rate: (stored.saturating_sub(1)) as f64 / seconds,
@@ -628,29 +684,12 @@ async fn latency_run(
     client_rt: &tokio::runtime::Runtime,
 ) -> Result<Latency, String> {
     let expected = LAT_RATE * LAT_SECONDS;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(LAT_SECONDS) + WAIT;
-    let mut clients = Vec::new();
-    let mut ready = Vec::new();
-    for _ in 0..SSE_CLIENTS {
-        let (tx, rx) = oneshot::channel();
-        let url = format!("{base}/events/stream");
-        clients.push(client_rt.spawn(sse_client(client.clone(), url, expected, deadline, tx)));
-        ready.push(rx);
-    }
-    for rx in ready {
-        tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .map_err(|_| "an SSE client did not connect in 10 s")?
-            .map_err(|_| "an SSE client failed to connect")?;
-    }
-    let connected = http.stats().await?["sse"]["clients"].as_u64().unwrap_or(0);
-    if connected != SSE_CLIENTS as u64 {
-        return Err(format!("{connected} SSE clients connected, not {SSE_CLIENTS}"));
-    }
+    let url = format!("{base}/events/stream");
+    let clients = start_clients(http, client_rt, SSE_CLIENTS, |client, _, ready| {
+        sse_client(client, url.clone(), expected, deadline, ready)
+    })
+    .await?;
 
     let child = spawn_loadgen(port, LAT_RATE, expected, LAT_QUEUE)?;
     let report = wait_child(child, Instant::now() + Duration::from_secs(LAT_SECONDS) + WAIT).await?;
@@ -673,7 +712,43 @@ async fn latency_run(
     })
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// Starts `count` SSE clients on `client_rt` (one connection each, from `make(client, index,
+/// ready)`), waits until each has its stream open, and checks the server counts them all.
+pub(crate) async fn start_clients<T, Fut>(
+    http: &Http,
+    client_rt: &tokio::runtime::Runtime,
+    count: usize,
+    mut make: impl FnMut(reqwest::Client, usize, oneshot::Sender<()>) -> Fut,
+) -> Result<Vec<tokio::task::JoinHandle<T>>, String>
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut clients = Vec::with_capacity(count);
+    let mut ready = Vec::with_capacity(count);
+    for i in 0..count {
+        let (tx, rx) = oneshot::channel();
+        clients.push(client_rt.spawn(make(client.clone(), i, tx)));
+        ready.push(rx);
+    }
+    for rx in ready {
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| "an SSE client did not connect in 30 s")?
+            .map_err(|_| "an SSE client failed to connect")?;
+    }
+    let connected = http.stats().await?["sse"]["clients"].as_u64().unwrap_or(0);
+    if connected != count as u64 {
+        return Err(format!("{connected} SSE clients connected, not {count}"));
+    }
+    Ok(clients)
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Nanoseconds, 1 ns to 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
@@ -736,7 +811,7 @@ async fn sse_client(
 }
 
 /// The string value that follows `key` (which ends with the opening quote).
-fn field_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
+pub(crate) fn field_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
     let at = data.windows(key.len()).position(|w| w == key)? + key.len();
     let len = data[at..].iter().position(|&b| b == b'"')?;
     std::str::from_utf8(&data[at..at + len]).ok()
@@ -745,7 +820,7 @@ fn field_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
 // ---------------------------------------------------------------------------------------------
 // The load generator, in a child process
 
-fn spawn_loadgen(port: &Path, rate: u64, count: u64, queue: usize) -> Result<Child, String> {
+pub(crate) fn spawn_loadgen(port: &Path, rate: u64, count: u64, queue: usize) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     Command::new(exe)
         .env(CHILD_ENV, format!("{}|{rate}|{count}|{queue}", port.display()))
@@ -757,7 +832,7 @@ fn spawn_loadgen(port: &Path, rate: u64, count: u64, queue: usize) -> Result<Chi
 }
 
 /// Waits for the child (bounded: killed at `deadline`) and returns its JSON report.
-async fn wait_child(mut child: Child, deadline: Instant) -> Result<Value, String> {
+pub(crate) async fn wait_child(mut child: Child, deadline: Instant) -> Result<Value, String> {
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
@@ -815,7 +890,7 @@ fn wall_ns() -> u64 {
 }
 
 /// Parses an event JSON time (RFC 3339) to nanoseconds since the epoch.
-fn parse_rfc3339(s: &str) -> Option<u64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(t.unix_timestamp_nanos()).ok()
 }

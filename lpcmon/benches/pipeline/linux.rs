@@ -22,9 +22,17 @@
 //!    ingest bursts, repeated until that long), against `retain_bytes`.
 //! 6. **Fan-out** (`fanout.rs`): 1,000 SSE clients at 1,000 events/s for 20 s: deliveries,
 //!    gaps, server CPU per delivery, ingest delay p99 and `/healthz` p99 during the run.
+//! 7. **The durable store** (issue #12): a second server, with an SQLite file behind the
+//!    in-memory tail (`AppState::with_database`, a temporary file), runs [`BURSTS`] bursts and the
+//!    latency run again. A burst's rate then runs to the moment its last event is *committed*,
+//!    not only stored in memory. It prints the ratio to in-memory ingest (the `ingest` part's
+//!    bursts, or [`BURSTS`] in-memory bursts of its own when that part is not run), the writer's
+//!    commit latency (p50/p99 per commit), the send -> SSE latency with the store on (ids are
+//!    published before their commit, from blocks reserved ahead, so streams should not feel the
+//!    disk), and database bytes per event.
 //!
-//! `LPCMON_BENCH_SCENARIO=raw,ingest,latency,fanout` (any subset, comma-separated) runs only
-//! those parts; `LPCMON_BENCH_JSON=PATH` also writes the figures as one JSON object to PATH
+//! `LPCMON_BENCH_SCENARIO=raw,ingest,latency,fanout,durable` (any subset, comma-separated) runs
+//! only those parts; `LPCMON_BENCH_JSON=PATH` also writes the figures as one JSON object to PATH
 //! (keys in [`write_json`]; a part not run is `null`).
 //!
 //! The load generator runs in a child process (this same executable, re-run with an
@@ -54,6 +62,7 @@ use lpcmon_protocol::ProducerKind;
 use lpcmon_protocol::server::ServerConfig;
 use lpcmon_sensor::loadgen::{self, LoadgenConfig};
 use lpcmon_sensor::runtime::ProducerConfig;
+use lpcmon_store::{CommitLatency, Database, Retention};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, sockopt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +110,7 @@ struct Scenarios {
     ingest: bool,
     latency: bool,
     fanout: bool,
+    durable: bool,
 }
 
 impl Scenarios {
@@ -111,6 +121,7 @@ impl Scenarios {
                 ingest: true,
                 latency: true,
                 fanout: true,
+                durable: true,
             });
         };
         let mut s = Scenarios {
@@ -118,6 +129,7 @@ impl Scenarios {
             ingest: false,
             latency: false,
             fanout: false,
+            durable: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -125,15 +137,52 @@ impl Scenarios {
                 "ingest" => s.ingest = true,
                 "latency" => s.latency = true,
                 "fanout" => s.fanout = true,
+                "durable" => s.durable = true,
                 other => {
                     return Err(format!(
-                        "{SCENARIO_ENV}: unknown part {other:?} (raw, ingest, latency, fanout)"
+                        "{SCENARIO_ENV}: unknown part {other:?} (raw, ingest, latency, fanout, durable)"
                     ));
                 }
             }
         }
         Ok(s)
     }
+
+    /// The first pass: the in-memory server. The durable part needs in-memory bursts to compare
+    /// with; without the ingest part it gets exactly [`BURSTS`] of them and no flood.
+    fn in_memory_pass(self) -> Pass {
+        Pass {
+            bursts: if self.ingest || self.durable { BURSTS } else { 0 },
+            flood: self.ingest.then(|| Duration::from_secs(FLOOD_SECONDS)),
+            latency: self.latency,
+            fanout: self.fanout,
+            database: false,
+        }
+    }
+
+    /// The second pass, for the durable part: the same bursts and latency run with SQLite on.
+    fn durable_pass(self) -> Option<Pass> {
+        self.durable.then_some(Pass {
+            bursts: BURSTS,
+            flood: None,
+            latency: true,
+            fanout: false,
+            database: true,
+        })
+    }
+}
+
+/// What one run of the server phases does.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// Rate-0 bursts, at least this many...
+    bursts: usize,
+    /// ...repeated until this long, then VmRSS is read (the ingest part's flood).
+    flood: Option<Duration>,
+    latency: bool,
+    fanout: bool,
+    /// An SQLite file behind the in-memory tail.
+    database: bool,
 }
 
 pub fn main() {
@@ -169,21 +218,27 @@ pub fn main() {
         .build()
         .expect("client runtime");
 
-    let results = server_rt.block_on(run_server_phases(&dir, &client_rt, scenarios));
+    let results = server_rt.block_on(run_server_phases(&dir, &client_rt, scenarios.in_memory_pass()));
+    let mem_between = memory();
+    let durable = match (&results, scenarios.durable_pass()) {
+        (Ok(_), Some(pass)) => {
+            Some(server_rt.block_on(run_server_phases(&dir.join("durable"), &client_rt, pass)))
+        }
+        _ => None,
+    };
     drop(client_rt);
     drop(server_rt);
     let _ = std::fs::remove_dir_all(&dir);
-    let results = match results {
-        Ok(r) => r,
-        Err(e) => {
+    let (results, durable) = match (results, durable.transpose()) {
+        (Ok(r), Ok(d)) => (r, d),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("pipeline bench failed: {e}");
             std::process::exit(1);
         }
     };
 
     // The table.
-    let ingest = (!results.bursts.is_empty())
-        .then(|| median(&results.bursts.iter().map(|b| b.rate).collect::<Vec<_>>()));
+    let ingest = scenarios.ingest.then(|| median_rate(&results)).flatten();
     let ratio = ingest.zip(raw).map(|(i, r)| i / r);
     if let Some(raw) = raw {
         table.row(
@@ -202,6 +257,10 @@ pub fn main() {
         fanout_rows(&mut table, f);
     }
     memory_rows(&mut table, &results, mem_before);
+    let durable = durable.as_ref().and_then(|d| DurableView::new(&results, d));
+    if let Some(d) = &durable {
+        durable_rows(&mut table, d, mem_between);
+    }
     println!();
     println!(
         "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s",
@@ -209,7 +268,15 @@ pub fn main() {
     );
     table.print();
     if let Ok(path) = std::env::var(JSON_ENV) {
-        match write_json(Path::new(&path), &results, raw, ingest, ratio, mem_before) {
+        let figures = Figures {
+            results: &results,
+            raw,
+            ingest,
+            ratio,
+            mem_before,
+            durable: durable.as_ref(),
+        };
+        match write_json(Path::new(&path), &figures) {
             Ok(()) => println!("figures written to {path}"),
             Err(e) => {
                 eprintln!("{JSON_ENV}={path}: {e}");
@@ -260,12 +327,17 @@ fn ingest_rows(table: &mut Table, results: &Results, ingest: f64, ratio: f64) {
     );
 }
 
-fn latency_rows(table: &mut Table, l: &Latency) {
+/// send -> SSE latency against the 2 ms target.
+fn sse_latency_row(table: &mut Table, label: &str, l: &Latency) {
     table.row(
-        "SSE latency p50 / p99 / max",
+        label,
         p50_p99_max(&l.hist),
         verdict(l.hist.value_at_quantile(0.99) <= 2_000_000, "p99 <= 2000 us"),
     );
+}
+
+fn latency_rows(table: &mut Table, l: &Latency) {
+    sse_latency_row(table, "SSE latency p50 / p99 / max", l);
     table.row(
         "  p90 / p99.9 / mean",
         format!(
@@ -374,15 +446,124 @@ fn memory_rows(table: &mut Table, results: &Results, mem_before: Memory) {
     );
 }
 
-/// The figures as one JSON object, for tracking trends. A part not run is `null`.
-fn write_json(
-    path: &Path,
-    results: &Results,
+/// The durable part's figures, next to the in-memory ones they are compared with.
+struct DurableView<'a> {
+    /// Median burst rates: in memory, and to commit with the SQLite store.
+    in_memory: f64,
+    on_disk: f64,
+    run: &'a Results,
+    store: &'a DurableFigures,
+    latency: &'a Latency,
+}
+
+impl<'a> DurableView<'a> {
+    fn new(in_memory: &Results, durable: &'a Results) -> Option<Self> {
+        Some(DurableView {
+            in_memory: median_rate(in_memory)?,
+            on_disk: median_rate(durable)?,
+            run: durable,
+            store: durable.durable.as_ref()?,
+            latency: durable.latency.as_ref()?,
+        })
+    }
+
+    fn ratio(&self) -> f64 {
+        self.on_disk / self.in_memory
+    }
+
+    fn bytes_per_event(&self) -> f64 {
+        self.store.bytes as f64 / self.store.events.max(1) as f64
+    }
+}
+
+/// The rows of the run with the SQLite store.
+fn durable_rows(table: &mut Table, d: &DurableView, mem_between: Memory) {
+    let rates = d
+        .run
+        .bursts
+        .iter()
+        .map(|b| fmt_int(b.rate))
+        .collect::<Vec<_>>()
+        .join(", ");
+    table.row(
+        "SQLite store: ingest to commit",
+        format!("{} events/s", fmt_int(d.on_disk)),
+        format!("median of {} bursts: {rates} /s", d.run.bursts.len()),
+    );
+    let ratio = d.ratio();
+    table.row(
+        "  ratio SQLite / in-memory ingest",
+        format!("{ratio:.2}"),
+        verdict(
+            ratio >= 0.8,
+            &format!(">= 0.80; in-memory median {} events/s", fmt_int(d.in_memory)),
+        ),
+    );
+    let sum = |f: fn(&Burst) -> u64| d.run.bursts.iter().map(f).sum::<u64>();
+    table.row(
+        "  stored / sent, drops: server_ingest",
+        format!(
+            "{} / {}, {}",
+            sum(|b| b.stored),
+            sum(|b| b.sent),
+            sum(|b| b.ingest_dropped)
+        ),
+        "equal, 0".into(),
+    );
+    let c = &d.store.commit;
+    let ms = |v: Duration| v.as_secs_f64() * 1000.0;
+    table.row(
+        "  commit latency p50 / p99 / max",
+        format!("{:.2} / {:.2} / {:.2} ms", ms(c.p50), ms(c.p99), ms(c.max)),
+        format!("{} commits (<= 5 ms or 4096 events each)", c.commits),
+    );
+    let l = d.latency;
+    sse_latency_row(table, "  SSE latency p50 / p99 / max, store on", l);
+    table.row(
+        "  delivered / expected, gaps (missed)",
+        format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
+        format!("{} ev/s, {SSE_CLIENTS} clients", fmt_int(LAT_RATE as f64)),
+    );
+    table.row(
+        "  database bytes per event",
+        format!("{:.0} B", d.bytes_per_event()),
+        format!(
+            "{} events in {:.1} MiB ({SIZE}-byte events, FTS included)",
+            fmt_int(d.store.events as f64),
+            d.store.bytes as f64 / MIB
+        ),
+    );
+    table.row(
+        "  VmRSS before / at end, store on",
+        format!(
+            "{:.1} / {:.1} MiB",
+            mem_between.rss / MIB,
+            d.run.mem_end.rss / MIB
+        ),
+        "tail: binary defaults".into(),
+    );
+}
+
+/// Everything [`write_json`] reports.
+struct Figures<'a> {
+    results: &'a Results,
     raw: Option<f64>,
     ingest: Option<f64>,
     ratio: Option<f64>,
     mem_before: Memory,
-) -> Result<(), String> {
+    durable: Option<&'a DurableView<'a>>,
+}
+
+/// The figures as one JSON object, for tracking trends. A part not run is `null`.
+fn write_json(path: &Path, figures: &Figures) -> Result<(), String> {
+    let Figures {
+        results,
+        raw,
+        ingest,
+        ratio,
+        mem_before,
+        durable,
+    } = *figures;
     let latency = results.latency.as_ref();
     let fan = results.fanout.as_ref();
     let value = serde_json::json!({
@@ -399,6 +580,13 @@ fn write_json(
         "rss_idle_mib": mem_before.rss / MIB,
         "rss_after_flood_mib": results.mem_after_flood.map(|m| m.rss / MIB),
         "retain_bytes_mib": RETAIN_BYTES as f64 / MIB,
+        "durable_ingest_per_s": durable.map(|d| d.on_disk),
+        "durable_ingest_ratio": durable.map(DurableView::ratio),
+        "durable_commit_p50_us": durable.map(|d| d.store.commit.p50.as_secs_f64() * 1e6),
+        "durable_commit_p99_us": durable.map(|d| d.store.commit.p99.as_secs_f64() * 1e6),
+        "durable_sse_p50_us": durable.map(|d| us(d.latency.hist.value_at_quantile(0.50))),
+        "durable_sse_p99_us": durable.map(|d| us(d.latency.hist.value_at_quantile(0.99))),
+        "db_bytes_per_event": durable.map(DurableView::bytes_per_event),
     });
     let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
     std::fs::write(path, text + "\n").map_err(|e| e.to_string())
@@ -473,6 +661,19 @@ struct Results {
     mem_end: Memory,
     store_events: u64,
     store_bytes: u64,
+    /// The SQLite store's own figures, when the pass had one.
+    durable: Option<DurableFigures>,
+}
+
+struct DurableFigures {
+    commit: CommitLatency,
+    events: u64,
+    bytes: u64,
+}
+
+/// The median burst rate of a pass, if it ran bursts.
+fn median_rate(r: &Results) -> Option<f64> {
+    (!r.bursts.is_empty()).then(|| median(&r.bursts.iter().map(|b| b.rate).collect::<Vec<_>>()))
 }
 
 pub(crate) struct Http {
@@ -505,15 +706,32 @@ fn exec_count(stats: &Value) -> u64 {
 async fn run_server_phases(
     dir: &Path,
     client_rt: &tokio::runtime::Runtime,
-    scenarios: Scenarios,
+    pass: Pass,
 ) -> Result<Results, String> {
     let port_path = dir.join("port.sock");
-    let state = AppState::new(ApiConfig {
+    let config = ApiConfig {
         retain: RETAIN,
         retain_bytes: RETAIN_BYTES,
         max_connections: MAX_HTTP_CONNECTIONS,
         ..ApiConfig::default()
-    });
+    };
+    let database = match pass.database {
+        true => {
+            // Nothing is evicted from the file during the run: bytes per event stays honest.
+            let keep_all = Retention {
+                events: u64::MAX,
+                bytes: u64::MAX,
+                max_age: None,
+            };
+            let db = Database::open(&dir.join("events.db"), keep_all).map_err(|e| e.to_string())?;
+            Some(Arc::new(db))
+        }
+        false => None,
+    };
+    let state = match &database {
+        Some(db) => AppState::with_database(config, db.clone()),
+        None => AppState::new(config),
+    };
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CAPACITY);
     // As the binary wires it: ingest on a thread of its own.
     let ingest = spawn_ingest_thread(state.clone(), ingest_rx).map_err(|e| format!("ingest thread: {e}"))?;
@@ -553,20 +771,20 @@ async fn run_server_phases(
     let outcome = async {
         let mut bursts = Vec::new();
         let flood_start = Instant::now();
-        let flood = Duration::from_secs(FLOOD_SECONDS);
-        while scenarios.ingest && (bursts.len() < BURSTS || flood_start.elapsed() < flood) {
-            let b = burst(&http, &port_path, &counters, BURST_COUNT)
+        let flooding = || pass.flood.is_some_and(|f| flood_start.elapsed() < f);
+        while bursts.len() < pass.bursts || flooding() {
+            let b = burst(&http, &port_path, &counters, BURST_COUNT, pass.database)
                 .await
                 .map_err(|e| format!("burst {}: {e}", bursts.len() + 1))?;
             bursts.push(b);
         }
         let flood_seconds = flood_start.elapsed().as_secs_f64();
-        let mem_after_flood = scenarios.ingest.then(memory);
-        let latency = match scenarios.latency {
+        let mem_after_flood = pass.flood.is_some().then(memory);
+        let latency = match pass.latency {
             true => Some(latency_run(&http, &base, &port_path, client_rt).await?),
             false => None,
         };
-        let fanout = match scenarios.fanout {
+        let fanout = match pass.fanout {
             true => Some(fanout::run(&http, &base, &port_path, client_rt).await?),
             false => None,
         };
@@ -581,6 +799,14 @@ async fn run_server_phases(
             mem_end,
             store_events: stats["store"]["events"].as_u64().unwrap_or(0),
             store_bytes: stats["store"]["bytes"].as_u64().unwrap_or(0),
+            durable: database.as_ref().map(|db| {
+                let status = db.status();
+                DurableFigures {
+                    commit: db.commit_latency(),
+                    events: status.events,
+                    bytes: status.bytes,
+                }
+            }),
         })
     }
     .await;
@@ -603,13 +829,29 @@ async fn run_server_phases(
     {
         eprintln!("ingest thread did not end in 5 s");
     }
+    if let Some(db) = database {
+        // Bounded like the steps above: the writer commits what it holds, then stops.
+        let closed = tokio::task::spawn_blocking(move || db.close());
+        if tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .is_err()
+        {
+            eprintln!("store writer did not stop in 10 s");
+        }
+    }
     outcome
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. Rate-0 bursts
 
-async fn burst(http: &Http, port: &Path, counters: &PortCounters, count: u64) -> Result<Burst, String> {
+async fn burst(
+    http: &Http,
+    port: &Path,
+    counters: &PortCounters,
+    count: u64,
+    durable: bool,
+) -> Result<Burst, String> {
     let before = http.stats().await?;
     let newest_before = before["store"]["newest_id"].as_u64().unwrap_or(0);
     let exec_before = exec_count(&before);
@@ -657,7 +899,22 @@ async fn burst(http: &Http, port: &Path, counters: &PortCounters, count: u64) ->
         ));
     }
     let t0 = parse_rfc3339(first["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
-    let t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
+    let mut t1 = parse_rfc3339(last["received"].as_str().unwrap_or_default()).ok_or("bad received")?;
+    if durable {
+        // With the store, the burst ends when its last event is committed.
+        let last_id = last["id"].as_u64().ok_or("the last event has no id")?;
+        loop {
+            let stats = http.stats().await?;
+            if stats["store"]["durable"]["newest_id"].as_u64().unwrap_or(0) >= last_id {
+                t1 = t1.max(wall_ns());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the burst was not committed".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     let seconds = t1.saturating_sub(t0) as f64 / 1e9;
     Ok(Burst {
         rate: (stored.saturating_sub(1)) as f64 / seconds,

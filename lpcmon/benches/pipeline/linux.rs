@@ -789,6 +789,9 @@ async fn run_server_phases(
             false => None,
         };
         let mem_end = memory();
+        if database.is_some() {
+            wait_committed(&http).await?;
+        }
         let stats = http.stats().await?;
         Ok::<_, String>(Results {
             bursts,
@@ -840,6 +843,24 @@ async fn run_server_phases(
         }
     }
     outcome
+}
+
+/// Waits (bounded) until the store has committed every event ingested so far, so the
+/// database's event count and size cover the whole run.
+async fn wait_committed(http: &Http) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = http.stats().await?;
+        let newest = stats["store"]["newest_id"].as_u64().unwrap_or(0);
+        let committed = stats["store"]["durable"]["newest_id"].as_u64().unwrap_or(0);
+        if committed >= newest {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the store committed up to id {committed}, not {newest}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -205,9 +205,32 @@ impl UnixPortServer {
     }
 }
 
+/// Whether a connection is waiting on the listener, waiting at most `wait` (rounded up to a
+/// whole millisecond, so a timer due in 0.3 ms is not polled for in a busy loop).
+fn readable_within(listener: &OwnedFd, wait: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
 fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, readers: &Mutex<Vec<JoinHandle<()>>>) {
     while !shared.stop.load(Ordering::Relaxed) {
-        shared.dispatcher.tick();
+        // The protocol says when its timers are next due (reassembly expiry, a backlog retry);
+        // the loop ticks then, and otherwise wakes every POLL_INTERVAL only to notice a stop.
+        // A due time is checked against the clock after the wait, not recomputed: a backlog
+        // retry is "20 ms from now" whenever it is asked.
+        let due = shared.dispatcher.poll_timeout();
+        let wait = due.map_or(POLL_INTERVAL, |t| {
+            t.saturating_duration_since(Instant::now()).min(POLL_INTERVAL)
+        });
+        let ready = readable_within(listener, wait);
+        if due.is_some_and(|t| t <= Instant::now()) {
+            shared.dispatcher.tick();
+        }
+        if !ready {
+            continue;
+        }
         let fd = match socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => fd,
             Err(nix::Error::EAGAIN | nix::Error::EINTR) => continue,

@@ -18,6 +18,7 @@ mod assets;
 mod auth;
 mod config;
 mod error;
+mod fleet;
 mod follow;
 mod guard;
 mod ingest;
@@ -35,6 +36,9 @@ mod store;
 mod timefmt;
 
 pub use config::{ApiConfig, HostPolicy};
+pub use fleet::{FleetReport, HostReport, Imported, Injected, Origin, PublishReport, SubscribeReport};
+pub use kind::Kind;
+pub use store::StoredEvent;
 pub use ingest::spawn_ingest;
 pub use routes::{router, routes};
 pub use serve::serve;

@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::ApiConfig;
+use crate::fleet::{FleetReport, INJECT_CAPACITY, Injected};
 use crate::stats::Stats;
 use crate::store::{Store, StoredEvent};
 use crate::timefmt::now_ns;
@@ -67,6 +68,13 @@ pub(crate) struct Shared {
     pub notices: RwLock<Vec<String>>,
     pub started: Instant,
     pub started_ns: u64,
+    /// See [`AppState::server_instance`].
+    pub server_instance: String,
+    pub inject_tx: mpsc::Sender<Injected>,
+    /// Taken by the ingest task.
+    pub inject_rx: Mutex<Option<mpsc::Receiver<Injected>>>,
+    /// `None` until the fleet is used: `/stats` then has no `fleet` section.
+    pub fleet: Mutex<Option<FleetReport>>,
 }
 
 /// The service's state: configuration, store, counters and the live broadcast. Cheap to clone.
@@ -86,6 +94,8 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl AppState {
     pub fn new(config: ApiConfig) -> Self {
         let (live, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let (inject_tx, inject_rx) = mpsc::channel(INJECT_CAPACITY);
+        let started_ns = now_ns();
         AppState(Arc::new(Shared {
             store: RwLock::new(Store::new(config.retain, config.retain_bytes)),
             stats: Mutex::new(Stats::new(config.max_producers)),
@@ -94,7 +104,13 @@ impl AppState {
             closing: watch::Sender::new(false),
             notices: RwLock::new(Vec::new()),
             started: Instant::now(),
-            started_ns: now_ns(),
+            started_ns,
+            // The start time and the pid: unique per run on a host, and the host is in every
+            // message id beside it.
+            server_instance: format!("{started_ns:024x}{:08x}", std::process::id()),
+            inject_tx,
+            inject_rx: Mutex::new(Some(inject_rx)),
+            fleet: Mutex::new(None),
             config,
         }))
     }

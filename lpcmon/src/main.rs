@@ -5,6 +5,7 @@ mod access;
 mod cli;
 mod config;
 mod exit;
+mod fleet;
 mod http;
 mod manual;
 mod status;
@@ -146,7 +147,9 @@ async fn serve_until(
     }
     let port = args.port.clone().unwrap_or_else(cli::default_port);
     let idle_timeout = args.idle_timeout.0.max(std::time::Duration::from_secs(1));
+    let fleet = fleet::FleetPlan::from_args(&args.fleet)?;
     let state = AppState::new(ApiConfig {
+        host_name: fleet.as_ref().map(|f| f.host.as_str().into()),
         retain: args.retain,
         retain_bytes: args.retain_bytes.as_usize(),
         token,
@@ -162,6 +165,7 @@ async fn serve_until(
     let ingest = lpcmon_api::spawn_ingest(state.clone(), ingest_rx);
     let port_server = start_port(&args, &port, ingest_tx)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
+    let fleet_tasks = fleet.map(|plan| plan.start(&state)).transpose()?.unwrap_or_default();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -179,6 +183,9 @@ async fn serve_until(
     tokio::task::spawn_blocking(move || stop_port(port_server))
         .await
         .context("port server shutdown")??;
+    for task in fleet_tasks {
+        task.abort();
+    }
     ingest.abort();
     Ok(())
 }

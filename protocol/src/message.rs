@@ -203,6 +203,9 @@ wire_enum! {
         ServerIngest = 5 => "server_ingest",
         /// The Linux kernel dropped proc-connector messages (ENOBUFS) before the sensor read them.
         Kernel = 6 => "kernel",
+        /// A server's store evicted events before they could be published to the fleet's NATS
+        /// stream (the range is of that server's event ids). Never on the port's wire.
+        Publish = 7 => "publish",
     }
 }
 

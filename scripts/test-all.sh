@@ -22,6 +22,8 @@ have chromedriver || missing+=(chromium-driver)
 have x86_64-w64-mingw32-gcc || missing+=(gcc-mingw-w64-x86-64)
 have wine || missing+=(wine wine64)
 have curl || missing+=(curl)
+# The fleet tests (lpcmon/tests/fleet.rs) start real NATS JetStream servers.
+have nats-server || missing+=(nats-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 have npm || missing+=(nodejs npm)
 install_missing "${missing[@]}"

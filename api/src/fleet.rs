@@ -127,7 +127,11 @@ impl AppState {
 
     /// Up to `max` stored events with ids above `after`, ascending.
     pub fn events_after(&self, after: u64, max: usize) -> Vec<Arc<StoredEvent>> {
-        self.store().range(after.saturating_add(1), u64::MAX).take(max).cloned().collect()
+        self.store()
+            .range(after.saturating_add(1), u64::MAX)
+            .take(max)
+            .cloned()
+            .collect()
     }
 
     /// The oldest and newest ids the store holds.
@@ -144,7 +148,11 @@ impl AppState {
 
     /// Changes the `fleet` section of `/stats` (and turns it on).
     pub fn update_fleet<R>(&self, f: impl FnOnce(&mut FleetReport) -> R) -> R {
-        let mut fleet = self.0.fleet.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fleet = self
+            .0
+            .fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let report = fleet.get_or_insert_with(|| FleetReport {
             server_instance: self.0.server_instance.clone(),
             ..FleetReport::default()
@@ -153,6 +161,10 @@ impl AppState {
     }
 
     pub(crate) fn fleet_report(&self) -> Option<FleetReport> {
-        self.0.fleet.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.0
+            .fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

@@ -148,7 +148,9 @@ impl Ingest {
                     );
                 }
                 self.state.stats().on_loss(&producer, &loss, second, now);
-                self.store(Some(&producer), self.local_host(), |id| json::loss(id, now, &producer, &loss));
+                self.store(Some(&producer), self.local_host(), |id| {
+                    json::loss(id, now, &producer, &loss)
+                });
             }
             Output::Connected(producer) => {
                 info!(
@@ -156,7 +158,9 @@ impl Ingest {
                     os = %producer.os, client_pid = producer.client_pid, "producer connected"
                 );
                 self.state.stats().on_connect(&producer, now);
-                self.store(Some(&producer), self.local_host(), |id| json::connect(id, now, &producer));
+                self.store(Some(&producer), self.local_host(), |id| {
+                    json::connect(id, now, &producer)
+                });
             }
             Output::Disconnected { producer, reason } => {
                 info!(
@@ -164,7 +168,9 @@ impl Ingest {
                     "producer disconnected"
                 );
                 self.state.stats().on_disconnect(&producer, reason, now);
-                self.store(Some(&producer), self.local_host(), |id| json::disconnect(id, now, &producer, reason));
+                self.store(Some(&producer), self.local_host(), |id| {
+                    json::disconnect(id, now, &producer, reason)
+                });
             }
             Output::Heartbeat { producer, heartbeat } => {
                 trace!(producer = %producer.instance_hex, ?heartbeat, "heartbeat");
@@ -217,7 +223,10 @@ impl Ingest {
             }
             Injected::PublishLoss { first_id, last_id } => {
                 let count = last_id - first_id + 1;
-                warn!(first_id, last_id, count, "events evicted before they could be published: publish loss");
+                warn!(
+                    first_id,
+                    last_id, count, "events evicted before they could be published: publish loss"
+                );
                 self.state
                     .stats()
                     .on_server_loss(LossStage::Publish, count, self.state.uptime_seconds());
@@ -241,17 +250,19 @@ impl Ingest {
         let mut stored = 0;
         for Imported { origin, json } in events {
             let producer = imported_producer(&json);
-            let loss = json.get("loss").and_then(|l| {
-                Some((l.get("stage")?.as_str()?.to_owned(), l.get("count")?.as_u64()?))
-            });
+            let loss = json
+                .get("loss")
+                .and_then(|l| Some((l.get("stage")?.as_str()?.to_owned(), l.get("count")?.as_u64()?)));
             let host: Arc<str> = origin.host.as_str().into();
             let mut recorded = false;
-            self.store(producer.as_ref(), Some(host), |id| match json::imported(id, json, &origin) {
-                Some(record) => {
-                    recorded = true;
-                    record
+            self.store(producer.as_ref(), Some(host), |id| {
+                match json::imported(id, json, &origin) {
+                    Some(record) => {
+                        recorded = true;
+                        record
+                    }
+                    None => Err(serde::de::Error::custom("not an lpcmon event: no known `kind`")),
                 }
-                None => Err(serde::de::Error::custom("not an lpcmon event: no known `kind`")),
             });
             if !recorded {
                 continue;

@@ -37,9 +37,9 @@ mod timefmt;
 
 pub use config::{ApiConfig, HostPolicy};
 pub use fleet::{FleetReport, HostReport, Imported, Injected, Origin, PublishReport, SubscribeReport};
-pub use kind::Kind;
-pub use store::StoredEvent;
 pub use ingest::spawn_ingest;
+pub use kind::Kind;
 pub use routes::{router, routes};
 pub use serve::serve;
 pub use state::AppState;
+pub use store::StoredEvent;

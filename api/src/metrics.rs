@@ -246,15 +246,30 @@ fn encode_fleet(f: &mut Families<'_>, fleet: &crate::fleet::FleetReport) -> std:
             None,
             i64::from(p.nats_reachable),
         )?;
-        f.gauge("publish_lag_ids", "Stored events not yet acknowledged by NATS.", None, level(p.lag_ids))?;
+        f.gauge(
+            "publish_lag_ids",
+            "Stored events not yet acknowledged by NATS.",
+            None,
+            level(p.lag_ids),
+        )?;
         f.gauge(
             "publish_lag",
             "Age of the oldest stored event not yet acknowledged by NATS.",
             Some(&Unit::Seconds),
             p.lag_seconds,
         )?;
-        f.counter("publish_acks", "Publish acknowledgements from JetStream.", None, p.acks)?;
-        f.counter("publish_retries", "Events published again after a failure.", None, p.retries)?;
+        f.counter(
+            "publish_acks",
+            "Publish acknowledgements from JetStream.",
+            None,
+            p.acks,
+        )?;
+        f.counter(
+            "publish_retries",
+            "Events published again after a failure.",
+            None,
+            p.retries,
+        )?;
         f.counter(
             "publish_duplicates",
             "Publishes JetStream acknowledged as duplicates.",
@@ -269,7 +284,12 @@ fn encode_fleet(f: &mut Families<'_>, fleet: &crate::fleet::FleetReport) -> std:
             None,
             i64::from(s.nats_reachable),
         )?;
-        f.counter("subscribe_imported", "Events imported from the stream.", None, s.imported)?;
+        f.counter(
+            "subscribe_imported",
+            "Events imported from the stream.",
+            None,
+            s.imported,
+        )?;
         f.counter(
             "subscribe_duplicates",
             "Redelivered events dropped by the per-origin high-water mark.",
@@ -292,7 +312,12 @@ fn encode_fleet(f: &mut Families<'_>, fleet: &crate::fleet::FleetReport) -> std:
         hosts.iter().map(|(h, r)| (h.as_str(), r.events)),
     )?;
     f.labelled(
-        ("host_publish_lag_ids", "Each host's publish lag as it last reported it.", None, MetricType::Gauge),
+        (
+            "host_publish_lag_ids",
+            "Each host's publish lag as it last reported it.",
+            None,
+            MetricType::Gauge,
+        ),
         "host",
         hosts
             .iter()

@@ -70,11 +70,15 @@ impl Filter {
             && match &self.producer {
                 None => true,
                 Some(ProducerMatch::Kind(k)) => event.producer.as_ref().is_some_and(|p| p.kind == *k),
-                Some(ProducerMatch::Instance(prefix)) => {
-                    event.producer.as_ref().is_some_and(|p| p.instance_hex.starts_with(prefix))
-                }
+                Some(ProducerMatch::Instance(prefix)) => event
+                    .producer
+                    .as_ref()
+                    .is_some_and(|p| p.instance_hex.starts_with(prefix)),
             }
-            && self.host.as_deref().is_none_or(|h| event.host.as_deref() == Some(h))
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| event.host.as_deref() == Some(h))
             && self.q.as_deref().is_none_or(|q| event.search.contains(q))
     }
 }
@@ -266,7 +270,10 @@ mod tests {
                 .unwrap();
         assert_eq!(q.after, Some(5));
         assert_eq!(q.limit, 7);
-        assert_eq!(events("host=web-1").unwrap().filter.host.as_deref(), Some("web-1"));
+        assert_eq!(
+            events("host=web-1").unwrap().filter.host.as_deref(),
+            Some("web-1")
+        );
         assert!(bad("host=a&host=b").contains("more than once"));
         assert_eq!(
             q.filter.kinds,

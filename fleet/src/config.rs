@@ -49,7 +49,10 @@ impl NatsOptions {
         }
         servers
             .into_iter()
-            .map(|s| s.parse::<ServerAddr>().map_err(|e| ConfigError::BadServer(s.to_owned(), e.to_string())))
+            .map(|s| {
+                s.parse::<ServerAddr>()
+                    .map_err(|e| ConfigError::BadServer(s.to_owned(), e.to_string()))
+            })
             .collect()
     }
 
@@ -88,7 +91,9 @@ impl NatsOptions {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
         }
         let on_event = std::sync::Arc::new(on_event);
         options = options.event_callback(move |event| {
@@ -133,10 +138,20 @@ pub struct SubscribeConfig {
 pub fn subject_token(host: &str) -> String {
     let token: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
-    if token.is_empty() { "unknown".to_owned() } else { token }
+    if token.is_empty() {
+        "unknown".to_owned()
+    } else {
+        token
+    }
 }
 
 /// This machine's name, for a missing `--host-name`.
@@ -148,7 +163,9 @@ pub fn machine_name() -> String {
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
             .ok()
     };
-    name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).unwrap_or_else(|| "unknown".to_owned())
+    name.map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 #[cfg(test)]

@@ -97,12 +97,18 @@ mod tests {
         let path = dir.path().join("marks.json");
         let mut m = FileMarks::open(&path).unwrap();
         assert!(m.is_empty());
-        m.advance(&BTreeMap::from([("a".to_owned(), 5), ("b".to_owned(), 2)])).unwrap();
+        m.advance(&BTreeMap::from([("a".to_owned(), 5), ("b".to_owned(), 2)]))
+            .unwrap();
         m.advance(&BTreeMap::from([("a".to_owned(), 3)])).unwrap();
         let m = FileMarks::open(&path).unwrap();
         assert_eq!((m.get("a"), m.get("b"), m.get("c")), (5, 2, 0));
         assert!(!m.is_empty());
         std::fs::write(&path, b"nope").unwrap();
-        assert!(FileMarks::open(&path).unwrap_err().to_string().contains("not a marks file"));
+        assert!(
+            FileMarks::open(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a marks file")
+        );
     }
 }

@@ -51,7 +51,11 @@ pub struct HostStatus {
 }
 
 /// Starts the publisher. It runs until the runtime stops.
-pub fn spawn_publisher(state: AppState, source: Arc<dyn EventSource>, config: PublishConfig) -> JoinHandle<()> {
+pub fn spawn_publisher(
+    state: AppState,
+    source: Arc<dyn EventSource>,
+    config: PublishConfig,
+) -> JoinHandle<()> {
     tokio::spawn(run(state, source, config))
 }
 
@@ -62,6 +66,10 @@ struct Publisher {
     instance: String,
     /// Every id up to this one is acknowledged by NATS or counted lost.
     acked: u64,
+    /// The next id to read from the store.
+    next: u64,
+    /// Sent and not yet acknowledged, oldest first (at most `window`).
+    pending: VecDeque<Arc<StoredEvent>>,
     notice: Notice,
     reachable: Arc<AtomicBool>,
 }
@@ -82,10 +90,17 @@ async fn run(state: AppState, source: Arc<dyn EventSource>, config: PublishConfi
         source,
         config,
         acked: 0,
+        next: 1,
+        pending: VecDeque::new(),
         reachable: reachable.clone(),
     };
     let events = p.state.clone();
-    let client = match p.config.nats.connect("lpcmon publisher", connection_events(events, reachable)).await {
+    let client = match p
+        .config
+        .nats
+        .connect("lpcmon publisher", connection_events(events, reachable))
+        .await
+    {
         Ok(client) => client,
         Err(e) => {
             p.notice.set(format!("publishing to NATS is off: {e}"));
@@ -97,6 +112,8 @@ async fn run(state: AppState, source: Arc<dyn EventSource>, config: PublishConfi
         match stream::ensure(&js, &p.config.stream, Some(p.config.replicas)).await {
             Ok(_) => {}
             Err(e) => {
+                // The store goes on evicting while NATS is away: count it now, not on return.
+                p.account_evicted().await;
                 p.report_lag(&client).await;
                 let advice = if e.is_transient() {
                     "retrying; events wait in the store"
@@ -104,7 +121,12 @@ async fn run(state: AppState, source: Arc<dyn EventSource>, config: PublishConfi
                     "fix or delete the stream, or choose another with --nats-stream; retrying every 10s"
                 };
                 p.notice.set(format!("publish: {e}: {advice}"));
-                tokio::time::sleep(if e.is_transient() { BACKOFF } else { Duration::from_secs(10) }).await;
+                tokio::time::sleep(if e.is_transient() {
+                    BACKOFF
+                } else {
+                    Duration::from_secs(10)
+                })
+                .await;
                 continue;
             }
         }
@@ -113,12 +135,16 @@ async fn run(state: AppState, source: Arc<dyn EventSource>, config: PublishConfi
                 "publish: {why}; publishing again from id {} once NATS answers",
                 p.acked + 1
             ));
+            p.account_evicted().await;
             tokio::time::sleep(BACKOFF).await;
         }
     }
 }
 
-fn connection_events(state: AppState, reachable: Arc<AtomicBool>) -> impl Fn(async_nats::Event) + Send + Sync {
+fn connection_events(
+    state: AppState,
+    reachable: Arc<AtomicBool>,
+) -> impl Fn(async_nats::Event) + Send + Sync {
     move |event| {
         match &event {
             async_nats::Event::Connected => {
@@ -141,85 +167,109 @@ fn connection_events(state: AppState, reachable: Arc<AtomicBool>) -> impl Fn(asy
 }
 
 impl Publisher {
-    /// Publishes until something fails; returns why.
-    async fn publish_until_failure(&mut self, js: &jetstream::Context, client: &async_nats::Client) -> Result<(), String> {
-        let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
-        let mut next = self.acked + 1;
+    /// Publishes until something fails; returns why. Events sent but not acknowledged stay in
+    /// `pending` and are sent again first next time: they may be in the stream already (an
+    /// ack lost with the connection), so they are never counted lost, and the message id lets
+    /// JetStream drop the copy.
+    async fn publish_until_failure(
+        &mut self,
+        js: &jetstream::Context,
+        client: &async_nats::Client,
+    ) -> Result<(), String> {
+        let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::new();
         let mut last_status = Instant::now() - STATUS_PERIOD;
         let mut cleared = false;
+        let resend: Vec<Arc<StoredEvent>> = self.pending.iter().cloned().collect();
+        if !resend.is_empty() {
+            let n = resend.len() as u64;
+            self.state.update_fleet(|f| {
+                if let Some(p) = f.publish.as_mut() {
+                    p.retries += n;
+                }
+            });
+            info!(
+                events = n,
+                first_id = resend[0].id,
+                "publish: sending again what was not acknowledged"
+            );
+        }
+        for event in resend {
+            in_flight.push_back(self.send(js, &event).await?);
+        }
         loop {
             if last_status.elapsed() >= STATUS_PERIOD {
                 last_status = Instant::now();
                 self.report_lag(client).await;
             }
-            // Ids evicted before they were sent are counted once, then skipped.
-            let (oldest, _) = self.source.bounds();
-            if let Some(oldest) = oldest
-                && oldest > next
-            {
-                self.lost(next, oldest - 1).await;
-                next = oldest;
-                if in_flight.is_empty() {
-                    self.acked = next - 1;
-                }
-            }
-            let room = self.config.window.saturating_sub(in_flight.len());
+            self.account_evicted().await;
+            let room = self.config.window.saturating_sub(self.pending.len());
             let mut sent = 0;
             if room > 0 {
-                for event in self.source.events_after(next - 1, room) {
-                    next = event.id + 1;
+                for event in self.source.events_after(self.next - 1, room) {
+                    self.next = event.id + 1;
                     if !self.is_local(&event) {
                         // An imported event: its origin publishes it, this server never does.
-                        if in_flight.is_empty() {
+                        if self.pending.is_empty() {
                             self.acked = event.id;
                         }
                         continue;
                     }
-                    let ack = js
-                        .send_publish(self.subject(&event), self.message(&event))
-                        .await
-                        .map_err(|e| format!("cannot publish id {}: {e}", event.id))?;
-                    in_flight.push_back((event.id, ack));
+                    // Pending before it is sent: a failed send is sent again, never skipped.
+                    self.pending.push_back(event.clone());
+                    in_flight.push_back(self.send(js, &event).await?);
                     sent += 1;
                 }
             }
-            let Some((id, ack)) = in_flight.pop_front() else {
+            let Some(ack) = in_flight.pop_front() else {
                 if sent == 0 {
                     tokio::time::sleep(IDLE_POLL).await;
                 }
                 continue;
             };
+            let id = self.pending.front().map_or(0, |e| e.id);
             match tokio::time::timeout(ACK_TIMEOUT, ack).await {
                 Ok(Ok(ack)) => {
-                    self.acked = id;
+                    self.pending.pop_front();
+                    self.acked = if self.pending.is_empty() {
+                        self.next - 1
+                    } else {
+                        id
+                    };
                     if !cleared {
                         cleared = true;
                         self.notice.clear();
                     }
+                    let acked = self.acked;
                     self.state.update_fleet(|f| {
                         if let Some(p) = f.publish.as_mut() {
                             p.acks += 1;
                             p.duplicates += u64::from(ack.duplicate);
-                            p.acked_id = id;
+                            p.acked_id = acked;
                         }
                     });
-                    if in_flight.is_empty() {
-                        // Imported ids skipped after the last local one are done too.
-                        self.acked = next - 1;
-                    }
                 }
-                failure => {
-                    let retried = in_flight.len() as u64 + 1;
-                    self.state.update_fleet(|f| {
-                        if let Some(p) = f.publish.as_mut() {
-                            p.retries += retried;
-                        }
-                    });
-                    return Err(match failure {
-                        Ok(Err(e)) => format!("NATS refused id {id}: {e}"),
-                        _ => format!("no acknowledgement for id {id} within {ACK_TIMEOUT:?}"),
-                    });
-                }
+                Ok(Err(e)) => return Err(format!("NATS refused id {id}: {e}")),
+                Err(_) => return Err(format!("no acknowledgement for id {id} within {ACK_TIMEOUT:?}")),
+            }
+        }
+    }
+
+    async fn send(&self, js: &jetstream::Context, event: &StoredEvent) -> Result<PublishAckFuture, String> {
+        js.send_publish(self.subject(event), self.message(event))
+            .await
+            .map_err(|e| format!("cannot publish id {}: {e}", event.id))
+    }
+
+    /// Counts ids not yet sent that the store no longer holds as `publish` loss, once, and
+    /// moves past them.
+    async fn account_evicted(&mut self) {
+        if let (Some(oldest), _) = self.source.bounds()
+            && oldest > self.next
+        {
+            self.lost(self.next, oldest - 1).await;
+            self.next = oldest;
+            if self.pending.is_empty() {
+                self.acked = self.next - 1;
             }
         }
     }
@@ -241,8 +291,17 @@ impl Publisher {
     async fn lost(&mut self, first_id: u64, last_id: u64) {
         debug!(first_id, last_id, "publish loss");
         // The ingest task counts it and stores the loss record; waiting here keeps the order.
-        if self.state.injector().send(Injected::PublishLoss { first_id, last_id }).await.is_err() {
-            warn!(first_id, last_id, "publish loss not recorded: the ingest task has stopped");
+        if self
+            .state
+            .injector()
+            .send(Injected::PublishLoss { first_id, last_id })
+            .await
+            .is_err()
+        {
+            warn!(
+                first_id,
+                last_id, "publish loss not recorded: the ingest task has stopped"
+            );
         }
     }
 
@@ -276,7 +335,9 @@ impl Publisher {
         };
         if let Ok(body) = serde_json::to_vec(&status) {
             // Best effort: a status is superseded by the next one a second later.
-            let _ = client.publish(status_subject(&self.config.host), body.into()).await;
+            let _ = client
+                .publish(status_subject(&self.config.host), body.into())
+                .await;
         }
     }
 }

@@ -58,7 +58,9 @@ pub fn incompatibility(config: &Config) -> Option<String> {
         ));
     }
     if config.duplicate_window.is_zero() {
-        return Some("its duplicate window is 0: republished events after an outage would be stored twice".into());
+        return Some(
+            "its duplicate window is 0: republished events after an outage would be stored twice".into(),
+        );
     }
     if config.no_ack {
         return Some("it does not acknowledge publishes (no_ack), so delivery cannot be confirmed".into());
@@ -102,11 +104,20 @@ mod tests {
     #[test]
     fn what_we_create_is_compatible_and_others_are_refused_with_a_reason() {
         assert_eq!(incompatibility(&wanted("LPCMON", 3)), None);
-        let c = Config { subjects: vec!["other.>".into()], ..wanted("X", 1) };
+        let c = Config {
+            subjects: vec!["other.>".into()],
+            ..wanted("X", 1)
+        };
         assert!(incompatibility(&c).unwrap().contains("do not include"));
-        let c = Config { retention: RetentionPolicy::WorkQueue, ..wanted("X", 1) };
+        let c = Config {
+            retention: RetentionPolicy::WorkQueue,
+            ..wanted("X", 1)
+        };
         assert!(incompatibility(&c).unwrap().contains("retention"));
-        let c = Config { duplicate_window: Duration::ZERO, ..wanted("X", 1) };
+        let c = Config {
+            duplicate_window: Duration::ZERO,
+            ..wanted("X", 1)
+        };
         assert!(incompatibility(&c).unwrap().contains("duplicate window"));
     }
 }

@@ -130,14 +130,23 @@ async fn run(state: AppState, config: SubscribeConfig, marks: Box<dyn Marks>) {
         rewound: false,
     };
     let events = s.state.clone();
-    let client = match s.config.nats.connect("lpcmon subscriber", connection_events(events)).await {
+    let client = match s
+        .config
+        .nats
+        .connect("lpcmon subscriber", connection_events(events))
+        .await
+    {
         Ok(client) => client,
         Err(e) => {
             s.notice.set(format!("subscribing from NATS is off: {e}"));
             return;
         }
     };
-    tokio::spawn(host_statuses(s.state.clone(), client.clone(), s.config.host.clone()));
+    tokio::spawn(host_statuses(
+        s.state.clone(),
+        client.clone(),
+        s.config.host.clone(),
+    ));
     let js = jetstream::new(client);
     loop {
         let consumer = match s.consumer(&js).await {
@@ -149,7 +158,8 @@ async fn run(state: AppState, config: SubscribeConfig, marks: Box<dyn Marks>) {
             }
         };
         if let Err(why) = s.import_until_failure(&consumer).await {
-            s.notice.set(format!("subscribe: {why}; resuming from the durable consumer"));
+            s.notice
+                .set(format!("subscribe: {why}; resuming from the durable consumer"));
             tokio::time::sleep(BACKOFF).await;
         }
     }
@@ -197,7 +207,9 @@ impl Subscriber {
             // Nothing stored yet (a new store): read the stream from its start, whatever the
             // durable consumer acknowledged for a store that no longer exists.
             match stream.delete_consumer(&self.config.consumer).await {
-                Ok(_) => info!(consumer = %self.config.consumer, "subscribe: empty store, reading the stream from its start"),
+                Ok(_) => {
+                    info!(consumer = %self.config.consumer, "subscribe: empty store, reading the stream from its start")
+                }
                 Err(e) => tracing::debug!(error = %e, "no consumer to rewind"),
             }
             self.rewound = true;
@@ -251,7 +263,12 @@ impl Subscriber {
                 .as_ref()
                 .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                 .map(|v| v.as_str());
-            let mark = |instance: &str| raised.get(instance).copied().unwrap_or_else(|| self.marks.get(instance));
+            let mark = |instance: &str| {
+                raised
+                    .get(instance)
+                    .copied()
+                    .unwrap_or_else(|| self.marks.get(instance))
+            };
             match judge(&m.subject, msg_id, &m.payload, &self.config.host, mark) {
                 Verdict::Import(origin, json) => {
                     raised.insert(origin.server_instance.clone(), origin.id);
@@ -276,7 +293,9 @@ impl Subscriber {
                 .send(Injected::Import { events, done })
                 .await
                 .map_err(|_| "the ingest task has stopped".to_owned())?;
-            report.imported = stored.await.map_err(|_| "the ingest task has stopped".to_owned())? as u64;
+            report.imported = stored
+                .await
+                .map_err(|_| "the ingest task has stopped".to_owned())? as u64;
             self.marks
                 .advance(&raised)
                 .map_err(|e| format!("cannot save the high-water marks: {e}"))?;
@@ -344,21 +363,49 @@ mod tests {
     use super::*;
 
     fn judge_one(subject: &str, id: &str, payload: &str) -> Verdict {
-        judge(subject, Some(id), payload.as_bytes(), "central", |i| if i == "i1" { 10 } else { 0 })
+        judge(subject, Some(id), payload.as_bytes(), "central", |i| {
+            if i == "i1" { 10 } else { 0 }
+        })
     }
 
     #[test]
     fn judges_subject_host_marks_and_payload() {
         let ok = r#"{"id":11,"kind":"process.exec"}"#;
-        assert!(matches!(judge_one("lpcmon.web.process.exec", "web/i1/11", ok), Verdict::Import(o, _)
-            if o == Origin { host: "web".into(), server_instance: "i1".into(), id: 11 }));
-        assert_eq!(judge_one("lpcmon.web.process.exec", "web/i1/10", ok), Verdict::Duplicate);
-        assert!(matches!(judge_one("lpcmon.web.process.exec", "db/i1/11", ok), Verdict::HostMismatch(_)));
-        assert_eq!(judge_one("lpcmon.central.process.exec", "central/i2/1", ok), Verdict::Own);
-        assert!(matches!(judge_one("lpcmon.web.loss", "web/i2/1", ok), Verdict::Malformed(_)));
-        assert!(matches!(judge_one("lpcmon.web.process.exec", "web/i2/x", ok), Verdict::Malformed(_)));
-        assert!(matches!(judge_one("other.web.x", "web/i2/1", ok), Verdict::Malformed(_)));
-        assert!(matches!(judge_one("lpcmon.web.process.exec", "web/i2/1", "[1]"), Verdict::Malformed(_)));
-        assert!(matches!(judge("lpcmon.web.loss", None, b"{}", "c", |_| 0), Verdict::Malformed(_)));
+        assert!(
+            matches!(judge_one("lpcmon.web.process.exec", "web/i1/11", ok), Verdict::Import(o, _)
+            if o == Origin { host: "web".into(), server_instance: "i1".into(), id: 11 })
+        );
+        assert_eq!(
+            judge_one("lpcmon.web.process.exec", "web/i1/10", ok),
+            Verdict::Duplicate
+        );
+        assert!(matches!(
+            judge_one("lpcmon.web.process.exec", "db/i1/11", ok),
+            Verdict::HostMismatch(_)
+        ));
+        assert_eq!(
+            judge_one("lpcmon.central.process.exec", "central/i2/1", ok),
+            Verdict::Own
+        );
+        assert!(matches!(
+            judge_one("lpcmon.web.loss", "web/i2/1", ok),
+            Verdict::Malformed(_)
+        ));
+        assert!(matches!(
+            judge_one("lpcmon.web.process.exec", "web/i2/x", ok),
+            Verdict::Malformed(_)
+        ));
+        assert!(matches!(
+            judge_one("other.web.x", "web/i2/1", ok),
+            Verdict::Malformed(_)
+        ));
+        assert!(matches!(
+            judge_one("lpcmon.web.process.exec", "web/i2/1", "[1]"),
+            Verdict::Malformed(_)
+        ));
+        assert!(matches!(
+            judge("lpcmon.web.loss", None, b"{}", "c", |_| 0),
+            Verdict::Malformed(_)
+        ));
     }
 }

@@ -24,16 +24,28 @@ impl FleetPlan {
         }
         for urls in [&args.publish, &args.subscribe].into_iter().flatten() {
             // A password in the URL would be on the command line and in logs.
-            if urls.split(',').any(|u| u.split("://").nth(1).unwrap_or(u).split('/').next().is_some_and(|a| a.contains('@'))) {
+            if urls.split(',').any(|u| {
+                u.split("://")
+                    .nth(1)
+                    .unwrap_or(u)
+                    .split('/')
+                    .next()
+                    .is_some_and(|a| a.contains('@'))
+            }) {
                 return Err(fail(
                     Kind::Usage,
                     "a NATS URL with credentials in it (user:password@) would be visible on the command line",
                     "put the credentials in a .creds file and give --nats-creds FILE",
                 ));
             }
-            nats(args, urls).validate().map_err(|e| fail(Kind::Usage, e, "see `lpcmon serve --help`"))?;
+            nats(args, urls)
+                .validate()
+                .map_err(|e| fail(Kind::Usage, e, "see `lpcmon serve --help`"))?;
         }
-        let name = args.host_name.clone().unwrap_or_else(lpcmon_fleet::config::machine_name);
+        let name = args
+            .host_name
+            .clone()
+            .unwrap_or_else(lpcmon_fleet::config::machine_name);
         let host = lpcmon_fleet::subject_token(&name);
         if host != name {
             tracing::info!(given = %name, host = %host, "the host name as a subject token");
@@ -65,7 +77,11 @@ impl FleetPlan {
         if let Some(urls) = &a.subscribe {
             let marks: Box<dyn Marks> = match &a.nats_marks {
                 Some(path) => Box::new(FileMarks::open(path).map_err(|e| {
-                    fail(Kind::Usage, format!("cannot read --nats-marks {}: {e}", path.display()), "remove or fix the file")
+                    fail(
+                        Kind::Usage,
+                        format!("cannot read --nats-marks {}: {e}", path.display()),
+                        "remove or fix the file",
+                    )
                 })?),
                 None => Box::new(MemoryMarks::default()),
             };

@@ -165,7 +165,10 @@ async fn serve_until(
     let ingest = lpcmon_api::spawn_ingest(state.clone(), ingest_rx);
     let port_server = start_port(&args, &port, ingest_tx)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
-    let fleet_tasks = fleet.map(|plan| plan.start(&state)).transpose()?.unwrap_or_default();
+    let fleet_tasks = fleet
+        .map(|plan| plan.start(&state))
+        .transpose()?
+        .unwrap_or_default();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -231,7 +234,10 @@ fn start_port(
     ));
     let config = UnixPortConfig {
         max_message: args.max_message.as_usize(),
-        handshake_timeout: args.handshake_timeout.0.max(std::time::Duration::from_millis(100)),
+        handshake_timeout: args
+            .handshake_timeout
+            .0
+            .max(std::time::Duration::from_millis(100)),
         ..UnixPortConfig::new(port)
     };
     UnixPortServer::start(config, dispatcher)

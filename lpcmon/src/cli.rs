@@ -207,7 +207,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = "64KiB")]
     pub max_message: Bytes,
     #[command(flatten)]
-    pub fleet: FleetArgs,
+    pub fleet: Box<FleetArgs>,
 }
 
 /// Many hosts: publishing this server's events to NATS JetStream, importing other servers'.

@@ -187,7 +187,15 @@ fn loadgen(socket: &Path, rate: u64, count: u64) -> std::thread::JoinHandle<()> 
             .arg("loadgen")
             .arg("--connect")
             .arg(&socket)
-            .args(["--rate", &rate.to_string(), "--count", &count.to_string()])
+            // A queue that holds a whole run: the figures measure the server, not producer drops.
+            .args([
+                "--rate",
+                &rate.to_string(),
+                "--count",
+                &count.to_string(),
+                "--queue",
+                "131072",
+            ])
             .env("RUST_LOG", "warn")
             .output()
             .expect("run loadgen");
@@ -443,4 +451,117 @@ fn nats_down_past_retention_counts_publish_loss_exactly_and_centrally() {
     let by_stage: BTreeMap<String, u64> =
         serde_json::from_value(central.stats()["fleet"]["hosts"]["edge"]["losses"].clone()).unwrap();
     assert_eq!(by_stage.get("publish"), Some(&origin_loss));
+}
+
+/// Events per second an origin takes from an unthrottled loadgen: from the loadgen's start
+/// until every produced event is accounted for (stored or counted lost) and, with
+/// `--publish`, NATS has acknowledged all that was stored. Returns (stored/s, lost).
+fn origin_ingest_rate(dir: &Path, name: &str, extra: &[&str], count: u64) -> (f64, u64) {
+    let origin = Lpcmon::new(dir, name, extra);
+    let started = Instant::now();
+    loadgen(&origin.socket, 0, count).join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = origin.stats();
+        let stored = num(&s["events_by_kind"]["process.exec"]);
+        let lost: u64 = s["losses_by_stage"]
+            .as_object()
+            .map_or(0, |m| m.values().map(num).sum());
+        let publishing = !s["fleet"].is_null();
+        let acked =
+            !publishing || num(&s["fleet"]["publish"]["acked_id"]) >= num(&s["store"]["stored_total"]);
+        if stored + lost >= count && acked {
+            return (stored as f64 / started.elapsed().as_secs_f64(), lost);
+        }
+        assert!(Instant::now() < deadline, "origin never settled: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The figures of the README's "Many hosts" section. Prints, never asserts a speed:
+/// `cargo test --release -p lpcmon --test fleet -- --ignored --nocapture fleet_figures`
+#[test]
+#[ignore = "a benchmark: run it on purpose, in release"]
+fn fleet_figures() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nats(dir.path(), 1);
+    let url = urls(&nodes);
+    let count = 50_000;
+    let (off, off_lost) = origin_ingest_rate(dir.path(), "off", &["--retain", "200000"], count);
+    let (on, on_lost) = origin_ingest_rate(
+        dir.path(),
+        "on",
+        &["--retain", "200000", "--publish", &url, "--host-name", "bench"],
+        count,
+    );
+    println!(
+        "origin ingest, {count} events unthrottled: publishing off {off:.0} ev/s stored ({off_lost} counted lost), \
+         on {on:.0} ev/s stored and acknowledged by NATS ({on_lost} counted lost), ratio {:.2}",
+        on / off
+    );
+
+    // Latency at 5,000 events/s: origin `received` to the event's arrival on the central
+    // server's SSE stream (so it includes the stream's own delivery, well under a millisecond
+    // on loopback). Same machine, same clock.
+    let origin = Lpcmon::new(
+        dir.path(),
+        "lat-origin",
+        &["--publish", &url, "--host-name", "lat"],
+    );
+    let central = Lpcmon::new(
+        dir.path(),
+        "lat-central",
+        &["--subscribe", &url, "--host-name", "hub"],
+    );
+    let mut curl = Proc(
+        Command::new("curl")
+            .args([
+                "-sN",
+                "--max-time",
+                "120",
+                &format!("{}/events/stream?host=lat&kind=process.exec", central.base),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = curl.0.stdout.take().unwrap();
+    let n = 25_000u64;
+    let reader = std::thread::spawn(move || {
+        let mut latencies_us = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let now = time::OffsetDateTime::now_utc();
+            let Ok(v) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            let Some(received) = v["received"].as_str() else {
+                continue;
+            };
+            let at = time::OffsetDateTime::parse(received, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+            latencies_us.push((now - at).whole_microseconds().max(0) as u64);
+            if latencies_us.len() as u64 == n {
+                break;
+            }
+        }
+        latencies_us
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    loadgen(&origin.socket, 5000, n).join().unwrap();
+    let mut lat = reader.join().unwrap();
+    drop(curl);
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "origin -> central latency at 5,000 events/s ({} events, one nats-server on loopback): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
 }

@@ -26,6 +26,9 @@ use exit::{Advise, Kind, fail};
 use lpcmon_protocol::server::RestoredInstance;
 use lpcmon_store::Database;
 
+/// How long a stop waits for ingest to hand everything to the store.
+const INGEST_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn main() -> ExitCode {
     // Before anything else, and before any thread exists (see init_backtraces).
     let debug_flag = std::env::args_os().any(|a| a == "--debug");
@@ -213,11 +216,21 @@ async fn serve_until(
         .await
         .context("port server shutdown")??;
     // The port server held the only sender: the ingest thread stores what is left and ends.
-    // Then the store commits everything (a graceful stop loses nothing).
-    tokio::task::spawn_blocking(move || ingest.join())
-        .await
-        .context("ingest thread")?
-        .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?;
+    // Then the store commits everything (a graceful stop loses nothing). Ingest waits for the
+    // store writer while its id reservation is used up (a long disk-full), so the wait is
+    // bounded: a stop must still stop. What it still held is counted at the producer's
+    // reconnect, as after a crash.
+    let joined = tokio::task::spawn_blocking(move || ingest.join());
+    match tokio::time::timeout(INGEST_DRAIN, joined).await {
+        Ok(joined) => joined
+            .context("ingest thread")?
+            .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))?,
+        Err(_) => tracing::error!(
+            "the ingest thread did not finish within {} s (the store writer is stuck?); \
+             closing the store without it",
+            INGEST_DRAIN.as_secs()
+        ),
+    }
     if let Some(db) = database {
         tokio::task::spawn_blocking(move || db.close())
             .await

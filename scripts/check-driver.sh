@@ -30,12 +30,7 @@ step() { printf '\n==> driver: %s\n' "$*"; }
 
 step "prerequisites"
 missing=()
-have bindgen || missing+=(bindgen)
-have clang || missing+=(clang)
-[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
-[ -e /usr/share/mingw-w64/include/ddk/ntddk.h ] || missing+=(mingw-w64-x86-64-dev)
-have x86_64-w64-mingw32-gcc || missing+=(gcc-mingw-w64-x86-64)
-have x86_64-w64-mingw32-dlltool || missing+=(binutils-mingw-w64-x86-64)
+driver_check_missing
 install_missing "${missing[@]}"
 rustup target add "$target" >/dev/null
 

@@ -12,7 +12,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's wall time, printed at the end (also when a step fails), so CI's cost is visible.
+step_name=""
+step_started=$SECONDS
+timings=()
+end_step() {
+    [ -n "$step_name" ] && timings+=("$(printf '%5ss  %s' "$((SECONDS - step_started))" "$step_name")")
+    step_name=""
+}
+print_timings() {
+    end_step
+    printf '\n==> time per step (%ss in all)\n' "$SECONDS"
+    printf '%s\n' "${timings[@]}"
+}
+trap print_timings EXIT
+step() {
+    end_step
+    step_name="$*"
+    step_started=$SECONDS
+    printf '\n==> %s\n' "$*"
+}
 # shellcheck source=scripts/prerequisites.sh
 . scripts/prerequisites.sh
 
@@ -29,6 +48,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 have npm || missing+=(nodejs npm)
 have systemd-analyze || missing+=(systemd)
 have dpkg-deb || missing+=(dpkg)
+# scripts/check-driver.sh's packages too, so there is one `apt-get update` and one install.
+driver_check_missing
 install_missing "${missing[@]}"
 # rust-toolchain.toml pins the toolchain and lists these targets; this makes sure they are there.
 rustup target add x86_64-unknown-none x86_64-pc-windows-msvc x86_64-pc-windows-gnu >/dev/null
@@ -42,8 +63,10 @@ fi
 if ! .ci-tools/node_modules/.bin/redocly --version 2>/dev/null | grep -qx "$REDOCLY_VERSION"; then
     npm install --silent --no-audit --no-fund --prefix .ci-tools "@redocly/cli@$REDOCLY_VERSION" >/dev/null
 fi
-# Builds the .deb at the end. Compiling it takes a few minutes the first time.
-have cargo-deb || cargo install cargo-deb --locked --quiet
+# Builds the .deb at the end. Compiling it takes a few minutes the first time. Without its
+# default features it compresses with the system's `xz` (xz-utils, always on Debian) instead of
+# compiling liblzma.
+have cargo-deb || cargo install cargo-deb --locked --quiet --no-default-features
 
 step "format"
 cargo fmt --all -- --check
@@ -73,13 +96,13 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p lpcmon-protoco
 step "no allocator: the protocol as the driver builds it"
 cargo check -p lpcmon-protocol --no-default-features --target x86_64-unknown-none
 
-step "Windows: type-check and clippy (x86_64-pc-windows-msvc)"
+step "Windows: type-check and lint with clippy (x86_64-pc-windows-msvc)"
 # The bundled SQLite is C, and compiling it for MSVC needs the Windows SDK, which Linux does not
 # have. Type-checking needs no compiled library: point libsqlite3-sys at an empty one.
 no_sqlite="$PWD/target/no-sqlite"
 mkdir -p "$no_sqlite"
 without_sqlite=(env LIBSQLITE3_SYS_USE_PKG_CONFIG=1 SQLITE3_LIB_DIR="$no_sqlite" SQLITE3_INCLUDE_DIR="$no_sqlite")
-"${without_sqlite[@]}" cargo check --workspace --all-targets --target x86_64-pc-windows-msvc
+# clippy runs every check `cargo check` does, and the lints on top: one pass over the workspace.
 "${without_sqlite[@]}" cargo clippy --workspace --all-targets --target x86_64-pc-windows-msvc -- -D warnings
 
 step "Windows driver: compiled, linted and linked on Linux against mingw-w64's ntoskrnl exports"

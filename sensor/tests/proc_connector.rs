@@ -2,7 +2,7 @@
 //! it each test says so and passes without checking anything.
 #![cfg(target_os = "linux")]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ fn spawn_true() -> Child {
     Command::new("/bin/true").spawn().expect("spawn /bin/true")
 }
 
-fn decode(ev: &SensorEvent) -> Event {
+fn decode(ev: &SensorEvent<'_>) -> Event {
     let mut buf = [0u8; 4096];
     let len = encode_event(ev, &mut buf, 1024).unwrap();
     patch_seq(&mut buf[..len], 1).unwrap();
@@ -63,18 +63,19 @@ fn a_short_process_is_seen_starting_executing_and_exiting() {
         if ev.pid != pid {
             continue;
         }
+        // An event borrows the source's buffers: keep it decoded.
         match ev.kind {
-            EventKind::ProcessStart => start = Some(ev),
-            EventKind::ProcessExec => exec = Some(ev),
-            EventKind::ProcessExit => exit = Some(ev),
+            EventKind::ProcessStart => start = Some(decode(&ev)),
+            EventKind::ProcessExec => exec = Some(decode(&ev)),
+            EventKind::ProcessExit => exit = Some(decode(&ev)),
             _ => {}
         }
     }
     let start = start.expect("no process.start for the child");
-    assert_eq!(start.ppid, std::process::id());
-    assert_eq!(start.tid, pid);
+    assert_eq!(start.header.ppid, std::process::id());
+    assert_eq!(start.header.tid, pid);
 
-    let exec = decode(&exec.expect("no process.exec for the child"));
+    let exec = exec.expect("no process.exec for the child");
     assert_eq!(exec.header.pid, pid);
     assert_eq!(
         exec.header.ppid,
@@ -96,8 +97,8 @@ fn a_short_process_is_seen_starting_executing_and_exiting() {
     }
 
     let exit = exit.expect("no process.exit for the child");
-    assert_eq!(exit.exit_code, Some(0));
-    assert_eq!(exit.ppid, std::process::id());
+    assert_eq!(exit.i32(FieldType::EXIT_CODE), Some(0));
+    assert_eq!(exit.header.ppid, std::process::id());
 }
 
 #[test]
@@ -168,6 +169,76 @@ fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
         "children missed silently: {missing:?}"
     );
     assert_eq!(stats.connector.malformed, 0);
+}
+
+/// The sensor's reader runs `SCHED_FIFO` so that an exec's `/proc` is read before even
+/// `/bin/true` exits (at normal priority most such execs lost their executable here). In a quiet
+/// storm, one short process at a time, every exec must name its executable.
+#[test]
+fn a_quiet_storm_names_every_executable() {
+    if !privileged("a_quiet_storm_names_every_executable") {
+        return;
+    }
+    const CHILDREN: usize = 200;
+    let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
+    let execs = Arc::new(Mutex::new(HashMap::new()));
+    let lossy = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (execs, lossy, stop) = (execs.clone(), lossy.clone(), stop.clone());
+        thread::spawn(move || {
+            let realtime = lpcmon_sensor::linux_sensor::prefer_realtime();
+            while !stop.load(Ordering::Relaxed) {
+                match source.next_item().unwrap() {
+                    Some(SourceItem::Event(ev)) if ev.kind == EventKind::ProcessExec => {
+                        execs
+                            .lock()
+                            .unwrap()
+                            .insert(ev.pid, ev.executable.map(str::to_owned));
+                    }
+                    Some(SourceItem::Overrun | SourceItem::Lost { .. }) => {
+                        lossy.store(true, Ordering::Relaxed)
+                    }
+                    _ => {}
+                }
+            }
+            realtime
+        })
+    };
+    let pids: Vec<u32> = (0..CHILDREN)
+        .map(|_| {
+            let mut child = spawn_true();
+            child.wait().unwrap();
+            child.id()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !pids.iter().all(|p| execs.lock().unwrap().contains_key(p)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let realtime = reader.join().unwrap();
+    let execs = execs.lock().unwrap();
+    let unseen = pids.iter().filter(|p| !execs.contains_key(p)).count();
+    let unnamed: Vec<(u32, Option<String>)> = pids
+        .iter()
+        .filter_map(|p| match execs.get(p) {
+            Some(Some(exe)) if exe.ends_with("/true") => None,
+            Some(other) => Some((*p, other.clone())),
+            None => None,
+        })
+        .collect();
+    eprintln!(
+        "quiet storm: {CHILDREN} execs, {unseen} unseen, {} without their executable (SCHED_FIFO: {realtime})",
+        unnamed.len()
+    );
+    assert!(
+        unseen == 0 || lossy.load(Ordering::Relaxed),
+        "{unseen} execs missed silently"
+    );
+    if realtime {
+        assert!(unnamed.is_empty(), "execs without their executable: {unnamed:?}");
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -55,18 +55,29 @@ pub struct ProducerReport {
     pub worker: WorkerStats,
 }
 
+/// How long the worker, having sent everything queued, waits for more before it sleeps until
+/// woken. Events pushed meanwhile go out together when it ends, so a steady stream (a fork
+/// storm: thousands of events a second, one at a time) wakes the worker about once per
+/// millisecond instead of once per event; each event waits at most this long.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// A running producer. Push events with [`Producer::push`]; stop it with [`Producer::stop`].
 pub struct Producer<const N: usize> {
     queue: &'static Queue<'static, EventSlot<N>>,
     worker: Thread,
+    /// Set while the worker sleeps with an empty queue past its linger: only then does a push
+    /// need to wake it.
+    idle: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     kernel_dropped: Arc<AtomicU64>,
     join: JoinHandle<WorkerStats>,
 }
 
 /// The worker's I/O: the real port, a monotonic clock, and parking for waits.
-struct PortIo {
+struct PortIo<const N: usize> {
     config: ProducerConfig,
+    queue: &'static Queue<'static, EventSlot<N>>,
+    idle: Arc<AtomicBool>,
     conn: Option<Box<dyn PortConnection>>,
     origin: Instant,
     stop: Arc<AtomicBool>,
@@ -74,7 +85,7 @@ struct PortIo {
     failures: u64,
 }
 
-impl ProducerIo for PortIo {
+impl<const N: usize> ProducerIo for PortIo<N> {
     fn now(&mut self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
@@ -119,9 +130,21 @@ impl ProducerIo for PortIo {
     }
 
     fn wait(&mut self, until: u64) {
-        let now = self.now();
-        // Pushers unpark this thread, so an event wakes it at once.
-        std::thread::park_timeout(Duration::from_nanos(until.saturating_sub(now)));
+        // Linger first (see LINGER): pushes do not wake this thread meanwhile.
+        let linger_end = until.min(self.now() + LINGER.as_nanos() as u64);
+        std::thread::park_timeout(Duration::from_nanos(linger_end.saturating_sub(self.now())));
+        if !self.queue.is_empty() || self.stop_requested() {
+            return;
+        }
+        // Then sleep until woken: a push sees `idle` and unparks. Checking the queue after
+        // setting the flag (the fences pair with `push`'s) closes the gap where a push saw it
+        // still clear; an unpark that comes before the park makes the park return at once.
+        self.idle.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.queue.is_empty() {
+            std::thread::park_timeout(Duration::from_nanos(until.saturating_sub(self.now())));
+        }
+        self.idle.store(false, Ordering::SeqCst);
     }
 
     fn stop_requested(&mut self) -> bool {
@@ -165,8 +188,11 @@ impl<const N: usize> Producer<N> {
             Box::leak(Box::new(Queue::new(slots).expect("capacity is a power of two")));
         let stop = Arc::new(AtomicBool::new(false));
         let kernel_dropped = Arc::new(AtomicU64::new(0));
+        let idle = Arc::new(AtomicBool::new(false));
         let mut io = PortIo {
             config: config.clone(),
+            queue,
+            idle: idle.clone(),
             conn: None,
             origin: Instant::now(),
             stop: stop.clone(),
@@ -204,6 +230,7 @@ impl<const N: usize> Producer<N> {
         Ok(Producer {
             queue,
             worker,
+            idle,
             stop,
             kernel_dropped,
             join,
@@ -214,7 +241,11 @@ impl<const N: usize> Producer<N> {
     /// the queue was full (the drop is counted and will be reported).
     pub fn push(&self, fill: impl FnOnce(&mut EventSlot<N>)) -> bool {
         let ok = self.queue.push_with(fill).is_ok();
-        self.worker.unpark();
+        // Pairs with the worker's fence between setting `idle` and looking at the queue.
+        fence(Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) {
+            self.worker.unpark();
+        }
         ok
     }
 

@@ -8,8 +8,11 @@
 //!
 //! This runs once per exec on the sensor's hot path, so a [`ProcReader`] keeps its buffers from
 //! one process to the next and an exec costs its system calls (one `readlink`, two
-//! open/read/close) and no allocation. `status` is the one file that has the real uid; it also
-//! gives the name and parent, so nothing else is read.
+//! open/read/close) and no allocation. `status` is the one file that has the real uid, and it
+//! also gives the name and parent; but the kernel builds all of its ~1.5 KiB of text (memory
+//! figures included) for every read, several times the cost of `comm`. So when the caller
+//! already knows the parent and uid (from kernel events, see [`crate::process_table`]),
+//! [`ProcReader::read_known`] reads the name from `comm` instead.
 
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
@@ -91,8 +94,19 @@ impl ProcReader {
         }
     }
 
-    /// Reads what `/proc` still holds about `pid`.
+    /// Reads what `/proc` still holds about `pid`: the executable, the command line, and from
+    /// `status` the name, real uid and parent.
     pub fn read(&mut self, pid: u32) -> ProcInfo<'_> {
+        self.read_with(pid, true)
+    }
+
+    /// Like [`ProcReader::read`] for a process whose parent and real uid the caller knows: the
+    /// name comes from the cheaper `comm`, and `uid` and `ppid` are left `None`.
+    pub fn read_known(&mut self, pid: u32) -> ProcInfo<'_> {
+        self.read_with(pid, false)
+    }
+
+    fn read_with(&mut self, pid: u32, with_status: bool) -> ProcInfo<'_> {
         let has_exe = match self.read_exe(pid) {
             Ok(()) => true,
             Err(e) => {
@@ -107,13 +121,18 @@ impl ProcReader {
                 None
             }
         };
-        let status = match self.read_status(pid) {
-            Ok(status) => status,
-            Err(e) => {
-                trace!(pid, error = %e, "reading status failed");
-                Status::default()
-            }
+        let status = if with_status {
+            self.read_status(pid)
+        } else {
+            self.read_comm(pid).map(|()| Status {
+                has_name: true,
+                ..Status::default()
+            })
         };
+        let status = status.unwrap_or_else(|e| {
+            trace!(pid, error = %e, with_status, "reading status or comm failed");
+            Status::default()
+        });
         ProcInfo {
             executable: has_exe.then_some(self.exe.as_str()),
             command_line: cmdline.map(|_| self.cmdline.as_str()),
@@ -174,6 +193,17 @@ impl ProcReader {
         let truncated = read > self.cmdline_cap;
         let raw = &mut self.raw[..read.min(self.cmdline_cap)];
         Ok(join_arguments(raw, &mut self.cmdline).then_some(truncated))
+    }
+
+    /// Reads `comm` (the name and a newline) into `name`.
+    fn read_comm(&mut self, pid: u32) -> io::Result<()> {
+        // The kernel's TASK_COMM_LEN is 16, escapes included; room to spare.
+        let read = self.read_file(pid, "comm", 256)?;
+        let raw = &self.raw[..read];
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        self.name.clear();
+        self.name.push_str(&String::from_utf8_lossy(raw));
+        Ok(())
     }
 
     fn read_status(&mut self, pid: u32) -> io::Result<Status> {
@@ -277,6 +307,29 @@ mod tests {
     }
 
     #[test]
+    fn a_known_process_is_named_from_comm() {
+        let root = FakeProc::new("known");
+        let dir = root.0.join("42");
+        std::os::unix::fs::symlink("/usr/bin/true", dir.join("exe")).unwrap();
+        fs::write(dir.join("cmdline"), b"true\0").unwrap();
+        fs::write(dir.join("comm"), b"true\n").unwrap();
+        // A status that would say otherwise is not read.
+        fs::write(dir.join("status"), STATUS).unwrap();
+        let mut reader = ProcReader::new(&root.0, DEFAULT_CMDLINE_CAP);
+        assert_eq!(
+            reader.read_known(42),
+            ProcInfo {
+                executable: Some("/usr/bin/true"),
+                command_line: Some("true"),
+                command_line_truncated: false,
+                name: Some("true"),
+                uid: None,
+                ppid: None,
+            }
+        );
+    }
+
+    #[test]
     fn a_gone_process_gives_an_incomplete_result() {
         let root = FakeProc::new("gone");
         let mut reader = ProcReader::new(&root.0, DEFAULT_CMDLINE_CAP);
@@ -364,7 +417,9 @@ mod tests {
     #[test]
     fn our_own_process_is_readable() {
         let mut reader = ProcReader::new(Path::new("/proc"), DEFAULT_CMDLINE_CAP);
+        let name = reader.read_known(std::process::id()).name.map(str::to_owned);
         let info = reader.read(std::process::id());
+        assert_eq!(info.name.map(str::to_owned), name, "comm and status agree");
         assert!(info.is_complete(), "{info:?}");
         assert_eq!(
             info.executable.map(str::to_owned),

@@ -189,10 +189,17 @@ impl ProcConnectorSource {
             self.next = 0;
             match self.conn.recv(&mut self.batch)? {
                 Recv::Timeout => return Ok(None),
-                Recv::Overrun => return Ok(Some(SourceItem::Overrun)),
+                Recv::Overrun => {
+                    // A missed uid change would make a remembered uid wrong.
+                    self.translator.table.forget_uids();
+                    return Ok(Some(SourceItem::Overrun));
+                }
                 Recv::Messages { lost, .. } => {
                     self.anchor = ClockAnchor::now();
                     self.translator.table.expire(self.anchor.mono_ns);
+                    if lost > 0 {
+                        self.translator.table.forget_uids();
+                    }
                     self.lost_pending += lost;
                 }
             }
@@ -292,10 +299,18 @@ impl Translator {
             },
             ProcEvent::Uid { pid, tgid, ruid, .. } if pid == tgid => Reported::Setuid { pid, ruid },
             ProcEvent::Comm { pid, tgid, comm } if pid == tgid => Reported::Rename { pid, comm },
+            ProcEvent::Uid { tgid, ruid, .. } => {
+                // A thread whose real uid is not its process's: which one a fork from that
+                // process inherits is no longer certain, so the process's uid is read again.
+                if self.table.uid(tgid) != Some(ruid) {
+                    self.table.set_uid(tgid, None);
+                }
+                self.stats.thread_messages += 1;
+                return None;
+            }
             ProcEvent::Fork { .. }
             | ProcEvent::Exec { .. }
             | ProcEvent::Exit { .. }
-            | ProcEvent::Uid { .. }
             | ProcEvent::Comm { .. } => {
                 self.stats.thread_messages += 1;
                 return None;
@@ -314,7 +329,9 @@ impl Translator {
         self.stats.events += 1;
         match what {
             Reported::Start { pid, ppid } => {
-                self.table.insert(pid, ppid);
+                // A child starts with its parent's credentials.
+                let uid = self.table.uid(ppid);
+                self.table.insert(pid, ppid, uid);
                 SensorEvent::new(EventKind::ProcessStart, time, pid, ppid, pid)
             }
             Reported::Exec { pid } => self.exec_event(time, pid),
@@ -326,6 +343,7 @@ impl Translator {
                 ev
             }
             Reported::Setuid { pid, ruid } => {
+                self.table.set_uid(pid, Some(ruid));
                 let ppid = self.table.parent(pid).unwrap_or(0);
                 let mut ev = SensorEvent::new(EventKind::ProcessSetuid, time, pid, ppid, pid);
                 ev.user_id = Some(ruid);
@@ -343,17 +361,31 @@ impl Translator {
     }
 
     fn exec_event(&mut self, time: u64, pid: u32) -> SensorEvent<'_> {
-        let info = self.reader.read(pid);
-        let ppid = match self.table.parent(pid) {
-            Some(ppid) => Some(ppid),
-            None => {
-                // A process that predates the sensor: learn its parent for its exit.
-                if let Some(ppid) = info.ppid {
-                    self.table.insert(pid, ppid);
-                }
-                info.ppid
-            }
+        let known = self.table.parent(pid).zip(self.table.uid(pid));
+        let mut info = match known {
+            // The usual case: the fork was seen, so only the exec's own details are read.
+            Some(_) => self.reader.read_known(pid),
+            None => self.reader.read(pid),
         };
+        match (known, self.table.parent(pid)) {
+            (Some((ppid, uid)), _) => {
+                info.ppid = Some(ppid);
+                info.uid = Some(uid);
+            }
+            (None, Some(ppid)) => {
+                // Seen forking, uid unknown: learn it here for this process's children.
+                self.table.set_uid(pid, info.uid);
+                info.ppid = Some(ppid);
+            }
+            // A process that predates the sensor: learn its parent and uid for its exit and
+            // its children.
+            (None, None) => {
+                if let Some(ppid) = info.ppid {
+                    self.table.insert(pid, ppid, info.uid);
+                }
+            }
+        }
+        let ppid = info.ppid;
         let complete = info.is_complete();
         self.stats.execs += 1;
         if info.executable.is_some() {
@@ -515,6 +547,51 @@ mod tests {
         );
         assert_eq!(t.translate(&msg(ProcEvent::Other { what: 0x40 }), &AT), None);
         assert_eq!(t.stats.ignored_messages, 1);
+    }
+
+    #[test]
+    fn a_uid_follows_forks_and_setuids_and_a_diverging_thread_makes_it_unknown() {
+        let mut t = translator();
+        let fork = |parent, child| {
+            msg(ProcEvent::Fork {
+                parent_pid: parent,
+                parent_tgid: parent,
+                child_pid: child,
+                child_tgid: child,
+            })
+        };
+        let uid = |pid, tgid, ruid| {
+            msg(ProcEvent::Uid {
+                pid,
+                tgid,
+                ruid,
+                euid: ruid,
+            })
+        };
+        // A process that predates the sensor: its parent and uid are learnt from /proc only.
+        t.table.insert(10, 1, Some(1000));
+        t.translate(&fork(10, 20), &AT);
+        assert_eq!(t.table.uid(20), Some(1000), "inherited");
+        t.translate(&uid(20, 20, 0), &AT);
+        t.translate(&fork(20, 30), &AT);
+        assert_eq!(t.table.uid(30), Some(0), "the setuid came before the fork");
+        // The exec of a process whose parent and uid are known carries them without status
+        // (this fake /proc has nothing, so only the uid and parent are there).
+        let exec = t
+            .translate(&msg(ProcEvent::Exec { pid: 30, tgid: 30 }), &AT)
+            .unwrap();
+        assert_eq!((exec.ppid, exec.user_id), (20, Some(0)));
+        // A thread of 30 that agrees changes nothing; one that differs makes 30's uid unknown.
+        t.translate(&uid(31, 30, 0), &AT);
+        assert_eq!(t.table.uid(30), Some(0));
+        t.translate(&uid(32, 30, 1000), &AT);
+        assert_eq!(t.table.uid(30), None);
+        t.translate(&fork(30, 40), &AT);
+        assert_eq!(
+            t.table.uid(40),
+            None,
+            "unknown is inherited, to be read from /proc"
+        );
     }
 
     #[test]

@@ -241,6 +241,60 @@ fn a_quiet_storm_names_every_executable() {
     }
 }
 
+/// A shell's children are forked after the sensor saw the shell: their exec takes its parent and
+/// real uid from what the sensor learnt (the fork and the shell's own exec), not from `status`.
+#[test]
+fn a_grandchild_exec_carries_the_uid_and_parent_it_inherited() {
+    if !privileged("a_grandchild_exec_carries_the_uid_and_parent_it_inherited") {
+        return;
+    }
+    let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
+    // The reader runs as the sensor's does (real-time, reading while the processes live).
+    let execs = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (execs, stop) = (execs.clone(), stop.clone());
+        thread::spawn(move || {
+            lpcmon_sensor::linux_sensor::prefer_realtime();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(SourceItem::Event(ev)) = source.next_item().unwrap()
+                    && ev.kind == EventKind::ProcessExec
+                {
+                    let exe = ev.executable.map(str::to_owned);
+                    execs.lock().unwrap().push((ev.pid, ev.ppid, ev.user_id, exe));
+                }
+            }
+        })
+    };
+    let mut sh = Command::new("/bin/sh")
+        .args(["-c", "/bin/true; /bin/true; exit 0"])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id();
+    assert!(sh.wait().unwrap().success());
+    let children = || {
+        let execs = execs.lock().unwrap();
+        execs
+            .iter()
+            .filter(|e| e.1 == sh_pid)
+            .map(|(pid, _, uid, exe)| (*pid, *uid, exe.clone()))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && children().len() < 2 {
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let execs = children();
+    assert_eq!(execs.len(), 2, "the shell's two children: {execs:?}");
+    let uid = nix::unistd::getuid().as_raw();
+    for (pid, user_id, exe) in execs {
+        assert_eq!(user_id, Some(uid), "pid {pid}");
+        assert!(exe.is_some_and(|e| e.ends_with("/true")), "pid {pid}");
+    }
+}
+
 #[test]
 fn an_overflowing_buffer_is_reported_with_an_exact_count() {
     if !privileged("an_overflowing_buffer_is_reported_with_an_exact_count") {

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use lpcmon_protocol::ProducerKind;
 
@@ -19,6 +20,10 @@ use crate::source::{ProcConnectorSource, SourceConfig, SourceItem, SourceStats};
 pub const SENSOR_SLOT: usize = 4096;
 /// Longest string field in a sensor event.
 pub const STRING_CAP: usize = 2048;
+/// The producer's linger (see [`ProducerConfig::linger`]): in a fork storm, thousands of events a
+/// second arrive one at a time, and waking the sending thread for each was a fifth of the
+/// sensor's CPU. A millisecond more before a process event reaches the server is not noticed.
+pub const SENSOR_LINGER: Duration = Duration::from_millis(1);
 
 /// What the sensor did, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +80,7 @@ pub fn run(
     let _ = prefer_realtime();
     let producer = Producer::<SENSOR_SLOT>::start(ProducerConfig {
         kind: ProducerKind::LinuxSensor,
+        linger: SENSOR_LINGER,
         ..producer
     })?;
     tracing::info!("proc-connector sensor running");

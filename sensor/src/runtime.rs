@@ -30,6 +30,11 @@ pub struct ProducerConfig {
     /// How long a stop may spend draining the queue and reporting.
     pub stop_grace: Duration,
     pub heartbeat: Duration,
+    /// How long the worker, having sent everything queued, waits for more before it sleeps
+    /// until a push wakes it. Events pushed meanwhile go out together when it ends, so a steady
+    /// stream wakes the worker about once per `linger` instead of once per event, and each
+    /// event waits at most this long. Zero (the default) sends every event at once.
+    pub linger: Duration,
 }
 
 impl ProducerConfig {
@@ -41,6 +46,7 @@ impl ProducerConfig {
             max_message: 64 * 1024,
             stop_grace: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -54,12 +60,6 @@ pub struct ProducerReport {
     pub queue_dropped: u64,
     pub worker: WorkerStats,
 }
-
-/// How long the worker, having sent everything queued, waits for more before it sleeps until
-/// woken. Events pushed meanwhile go out together when it ends, so a steady stream (a fork
-/// storm: thousands of events a second, one at a time) wakes the worker about once per
-/// millisecond instead of once per event; each event waits at most this long.
-const LINGER: Duration = Duration::from_millis(1);
 
 /// A running producer. Push events with [`Producer::push`]; stop it with [`Producer::stop`].
 pub struct Producer<const N: usize> {
@@ -130,11 +130,13 @@ impl<const N: usize> ProducerIo for PortIo<N> {
     }
 
     fn wait(&mut self, until: u64) {
-        // Linger first (see LINGER): pushes do not wake this thread meanwhile.
-        let linger_end = until.min(self.now() + LINGER.as_nanos() as u64);
-        std::thread::park_timeout(Duration::from_nanos(linger_end.saturating_sub(self.now())));
-        if !self.queue.is_empty() || self.stop_requested() {
-            return;
+        // Linger first (see `ProducerConfig::linger`): pushes do not wake this thread meanwhile.
+        if !self.config.linger.is_zero() {
+            let linger_end = until.min(self.now() + self.config.linger.as_nanos() as u64);
+            std::thread::park_timeout(Duration::from_nanos(linger_end.saturating_sub(self.now())));
+            if !self.queue.is_empty() || self.stop_requested() {
+                return;
+            }
         }
         // Then sleep until woken: a push sees `idle` and unparks. Checking the queue after
         // setting the flag (the fences pair with `push`'s) closes the gap where a push saw it

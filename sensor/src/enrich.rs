@@ -410,7 +410,7 @@ mod tests {
         let mut out = String::from("stale");
         assert!(!join_arguments(&mut [0, 0], &mut out));
         assert_eq!(out, "");
-        assert!(join_arguments(&mut *b"a\0b\0\0".to_vec(), &mut out));
+        assert!(join_arguments(&mut b"a\0b\0\0".to_vec(), &mut out));
         assert_eq!(out, "a b");
     }
 

@@ -542,7 +542,7 @@ mod tests {
         });
         let ev = t.translate(&comm, &AT).unwrap();
         assert_eq!(
-            (ev.kind, ev.name.as_deref()),
+            (ev.kind, ev.name),
             (EventKind::ProcessRename, Some("work"))
         );
         assert_eq!(t.translate(&msg(ProcEvent::Other { what: 0x40 }), &AT), None);

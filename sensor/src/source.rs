@@ -541,10 +541,7 @@ mod tests {
             comm: crate::proc_event::TaskName::from_bytes(name),
         });
         let ev = t.translate(&comm, &AT).unwrap();
-        assert_eq!(
-            (ev.kind, ev.name),
-            (EventKind::ProcessRename, Some("work"))
-        );
+        assert_eq!((ev.kind, ev.name), (EventKind::ProcessRename, Some("work")));
         assert_eq!(t.translate(&msg(ProcEvent::Other { what: 0x40 }), &AT), None);
         assert_eq!(t.stats.ignored_messages, 1);
     }

@@ -164,12 +164,10 @@ for line in open(f"{work}/forkstat.out", errors="replace"):
     fs["events"] += 1
     if pid not in children:
         continue
-    if kind == "fork":
-        fs["start"].add(pid)
-    elif kind == "exit":
-        fs["exit"].add(pid)
-    elif kind == "exec":
-        fs["exec"].add(pid)
+    key = {"fork": "start", "exec": "exec", "exit": "exit"}.get(kind)
+    if key:
+        fs[key].add(pid)
+    if kind == "exec":
         name = f[3] if len(f) > 3 else ""
         if name == "/bin/true":
             fs["named"] += 1
@@ -192,12 +190,10 @@ while True:
         pid = proc.get("pid")
         if pid not in children:
             continue
-        if kind == "process.start":
-            lp["start"].add(pid)
-        elif kind == "process.exit":
-            lp["exit"].add(pid)
-        elif kind == "process.exec":
-            lp["exec"].add(pid)
+        key = {"process.start": "start", "process.exec": "exec", "process.exit": "exit"}.get(kind)
+        if key:
+            lp[key].add(pid)
+        if kind == "process.exec":
             if proc.get("executable"):
                 lp["named"] += 1
     if page["next_after"] is None or len(page["events"]) < 1000:

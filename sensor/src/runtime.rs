@@ -78,6 +78,8 @@ struct PortIo<const N: usize> {
     config: ProducerConfig,
     queue: &'static Queue<'static, EventSlot<N>>,
     idle: Arc<AtomicBool>,
+    /// `queue.produced()` when the last wait ended.
+    seen: u64,
     conn: Option<Box<dyn PortConnection>>,
     origin: Instant,
     stop: Arc<AtomicBool>,
@@ -134,19 +136,20 @@ impl<const N: usize> ProducerIo for PortIo<N> {
         if !self.config.linger.is_zero() {
             let linger_end = until.min(self.now() + self.config.linger.as_nanos() as u64);
             std::thread::park_timeout(Duration::from_nanos(linger_end.saturating_sub(self.now())));
-            if !self.queue.is_empty() || self.stop_requested() {
-                return;
-            }
         }
-        // Then sleep until woken: a push sees `idle` and unparks. Checking the queue after
-        // setting the flag (the fences pair with `push`'s) closes the gap where a push saw it
-        // still clear; an unpark that comes before the park makes the park return at once.
+        // Then sleep until woken: a push sees `idle` and unparks. Events pushed since the last
+        // wait that are still queued (pushed after the worker found the queue empty, or while it
+        // lingered) go out first; checking after setting the flag (the fences pair with
+        // `push`'s) closes the gap where a push saw it still clear. Events the worker could not
+        // send (it is disconnected) do not keep it awake: only new pushes do.
         self.idle.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.queue.is_empty() {
+        let fresh = !self.queue.is_empty() && self.queue.produced() != self.seen;
+        if !fresh {
             std::thread::park_timeout(Duration::from_nanos(until.saturating_sub(self.now())));
         }
         self.idle.store(false, Ordering::SeqCst);
+        self.seen = self.queue.produced();
     }
 
     fn stop_requested(&mut self) -> bool {
@@ -195,6 +198,7 @@ impl<const N: usize> Producer<N> {
             config: config.clone(),
             queue,
             idle: idle.clone(),
+            seen: 0,
             conn: None,
             origin: Instant::now(),
             stop: stop.clone(),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,12 +15,18 @@ use lpcmon_sensor::proc_connector::{ConnectorConfig, ProcConnector, Recv};
 use lpcmon_sensor::proc_event::ProcMessage;
 use lpcmon_sensor::{ProcConnectorSource, SensorEvent, SourceConfig, SourceItem, encode_event, is_permitted};
 
-fn privileged(test: &str) -> bool {
+/// The tests here start processes and watch every process on the machine, so they run one at a
+/// time: each then sees its own processes and little else (a quiet storm is not quiet beside
+/// the fork storm).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// `Some` (holding the one-at-a-time lock) when the test can run.
+fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
     if nix::unistd::geteuid().is_root() {
-        return true;
+        return Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()));
     }
     eprintln!("skipping {test}: the proc connector needs root or CAP_NET_ADMIN");
-    false
+    None
 }
 
 fn spawn_true() -> Child {
@@ -39,16 +45,16 @@ fn decode(ev: &SensorEvent<'_>) -> Event {
 
 #[test]
 fn root_is_permitted() {
-    if privileged("root_is_permitted") {
+    if let Some(_one_at_a_time) = privileged("root_is_permitted") {
         assert!(is_permitted());
     }
 }
 
 #[test]
 fn a_short_process_is_seen_starting_executing_and_exiting() {
-    if !privileged("a_short_process_is_seen_starting_executing_and_exiting") {
+    let Some(_one_at_a_time) = privileged("a_short_process_is_seen_starting_executing_and_exiting") else {
         return;
-    }
+    };
     let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
     let mut child = spawn_true();
     let pid = child.id();
@@ -103,9 +109,9 @@ fn a_short_process_is_seen_starting_executing_and_exiting() {
 
 #[test]
 fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
-    if !privileged("a_fork_storm_is_seen_whole_or_its_loss_is_reported") {
+    let Some(_one_at_a_time) = privileged("a_fork_storm_is_seen_whole_or_its_loss_is_reported") else {
         return;
-    }
+    };
     const CHILDREN: usize = 500;
     let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
     let seen = Arc::new(Mutex::new((HashSet::new(), HashSet::new())));
@@ -176,9 +182,9 @@ fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
 /// storm, one short process at a time, every exec must name its executable.
 #[test]
 fn a_quiet_storm_names_every_executable() {
-    if !privileged("a_quiet_storm_names_every_executable") {
+    let Some(_one_at_a_time) = privileged("a_quiet_storm_names_every_executable") else {
         return;
-    }
+    };
     const CHILDREN: usize = 200;
     let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
     let execs = Arc::new(Mutex::new(HashMap::new()));
@@ -245,9 +251,9 @@ fn a_quiet_storm_names_every_executable() {
 /// real uid from what the sensor learnt (the fork and the shell's own exec), not from `status`.
 #[test]
 fn a_grandchild_exec_carries_the_uid_and_parent_it_inherited() {
-    if !privileged("a_grandchild_exec_carries_the_uid_and_parent_it_inherited") {
+    let Some(_one_at_a_time) = privileged("a_grandchild_exec_carries_the_uid_and_parent_it_inherited") else {
         return;
-    }
+    };
     let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
     // The reader runs as the sensor's does (real-time, reading while the processes live).
     let execs = Arc::new(Mutex::new(Vec::new()));
@@ -297,9 +303,9 @@ fn a_grandchild_exec_carries_the_uid_and_parent_it_inherited() {
 
 #[test]
 fn an_overflowing_buffer_is_reported_with_an_exact_count() {
-    if !privileged("an_overflowing_buffer_is_reported_with_an_exact_count") {
+    let Some(_one_at_a_time) = privileged("an_overflowing_buffer_is_reported_with_an_exact_count") else {
         return;
-    }
+    };
     let config = SourceConfig {
         connector: ConnectorConfig {
             recv_buffer_bytes: 4096,
@@ -351,9 +357,9 @@ fn drain(
 
 #[test]
 fn kernel_loss_counts_are_exact() {
-    if !privileged("kernel_loss_counts_are_exact") {
+    let Some(_one_at_a_time) = privileged("kernel_loss_counts_are_exact") else {
         return;
-    }
+    };
     // A large-buffer socket sees every message; a tiny one drops most. The tiny one's count of
     // lost messages must equal the messages the large one saw within the tiny one's sequence
     // ranges that the tiny one did not.

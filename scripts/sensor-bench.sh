@@ -152,6 +152,16 @@ sensor_cpu, serve_cpu, forkstat_cpu = map(float, sys.argv[6:9])
 storm = json.loads(storm)
 children = {int(line) for line in open(f"{work}/storm.pids") if line.strip()}
 
+# Each tool's names for a storm child starting, executing and exiting.
+STAGES = {"fork": "start", "exec": "exec", "exit": "exit",
+          "process.start": "start", "process.exec": "exec", "process.exit": "exit"}
+def seen(tally, kind, pid):
+    """Notes that `pid` was seen at the stage `kind` names, and returns the stage (or None)."""
+    stage = STAGES.get(kind)
+    if stage:
+        tally[stage].add(pid)
+    return stage
+
 # forkstat: one line per event, except fork and clone, which print a parent and a child line.
 fs = {"events": 0, "start": set(), "exec": set(), "exit": set(), "named": 0, "comm_only": 0, "unknown": 0}
 for line in open(f"{work}/forkstat.out", errors="replace"):
@@ -164,10 +174,7 @@ for line in open(f"{work}/forkstat.out", errors="replace"):
     fs["events"] += 1
     if pid not in children:
         continue
-    key = {"fork": "start", "exec": "exec", "exit": "exit"}.get(kind)
-    if key:
-        fs[key].add(pid)
-    if kind == "exec":
+    if seen(fs, kind, pid) == "exec":
         name = f[3] if len(f) > 3 else ""
         if name == "/bin/true":
             fs["named"] += 1
@@ -190,12 +197,8 @@ while True:
         pid = proc.get("pid")
         if pid not in children:
             continue
-        key = {"process.start": "start", "process.exec": "exec", "process.exit": "exit"}.get(kind)
-        if key:
-            lp[key].add(pid)
-        if kind == "process.exec":
-            if proc.get("executable"):
-                lp["named"] += 1
+        if seen(lp, kind, pid) == "exec" and proc.get("executable"):
+            lp["named"] += 1
     if page["next_after"] is None or len(page["events"]) < 1000:
         break
     after = page["next_after"]

@@ -7,6 +7,10 @@
 //! lost events. The loss is never silent: `ENOBUFS` is returned as [`Recv::Overrun`], and the
 //! per-CPU sequence numbers give the exact count (see [`crate::loss_tracker`]).
 //!
+//! Reads are batched: one `recvmmsg` takes every datagram already queued (up to
+//! [`RECV_BATCH`]) into buffers the socket keeps, so a burst costs one system call and one
+//! wake-up, not one per process event.
+//!
 //! Privileges: binding the multicast group needs root or `CAP_NET_ADMIN` on most kernels, and
 //! the kernel answers subscription requests only from the initial user and pid namespaces.
 
@@ -16,20 +20,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    MsgFlags, NetlinkAddr, bind, getsockname, getsockopt, recvmsg, sendto, setsockopt, sockopt,
-};
+use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, getsockname, getsockopt, sendto, setsockopt, sockopt};
 use nix::sys::time::{TimeVal, TimeValLike};
-use std::io::IoSliceMut;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::loss_tracker::LossTracker;
 use crate::proc_event::{NetlinkItem, ProcEvent, ProcMessage, parse_datagram, subscription_request};
 
-/// Proc connector messages are 76 bytes and the kernel sends one per datagram; this is room
-/// for any datagram netlink could build, so none is cut.
-const RECV_BUFFER_LEN: usize = 64 * 1024;
+/// Most datagrams one read takes. A fork storm queues a few at a time; 64 empties a burst in one
+/// system call without making a slow batch hold up the first exec's `/proc` reads for long.
+pub const RECV_BATCH: usize = 64;
+/// Room for one datagram. Proc connector messages are 76 bytes and the kernel sends one per
+/// datagram (acknowledgements and netlink errors are smaller still); a longer datagram would be
+/// cut, flagged `MSG_TRUNC`, and counted in [`ConnectorStats::truncated_datagrams`].
+const DATAGRAM_LEN: usize = 4096;
 /// While waiting for the subscription's acknowledgement, read at most this many datagrams.
 const MAX_SUBSCRIBE_DATAGRAMS: usize = 4096;
 
@@ -120,7 +125,8 @@ pub struct ConnectorStats {
 #[derive(Debug)]
 pub struct ProcConnector {
     fd: OwnedFd,
-    buf: Vec<u8>,
+    /// [`RECV_BATCH`] datagram buffers of [`DATAGRAM_LEN`] bytes, back to back.
+    bufs: Box<[u8]>,
     port_id: u32,
     /// Our `cn_msg.ack` value: the kernel's acknowledgement carries it plus one.
     nonce: u32,
@@ -176,7 +182,7 @@ impl ProcConnector {
             .pid();
         let mut conn = ProcConnector {
             fd,
-            buf: vec![0; RECV_BUFFER_LEN],
+            bufs: vec![0; RECV_BATCH * DATAGRAM_LEN].into_boxed_slice(),
             port_id,
             nonce: new_nonce(),
             tracker: LossTracker::new(),
@@ -190,7 +196,8 @@ impl ProcConnector {
         Ok(conn)
     }
 
-    /// Reads one datagram (waiting at most the receive timeout) and appends its messages.
+    /// Reads the datagrams queued (waiting at most the receive timeout for the first, then
+    /// taking up to [`RECV_BATCH`] without waiting) and appends their messages.
     pub fn recv(&mut self, out: &mut Vec<ProcMessage>) -> Result<Recv, SensorError> {
         if mem::take(&mut self.overrun_pending) {
             return Ok(Recv::Overrun);
@@ -203,7 +210,7 @@ impl ProcConnector {
                 lost: mem::take(&mut self.backlog_lost),
             });
         }
-        self.recv_datagram(out)
+        self.recv_batch(out)
     }
 
     pub fn stats(&self) -> ConnectorStats {
@@ -214,14 +221,11 @@ impl ProcConnector {
         }
     }
 
-    fn recv_datagram(&mut self, out: &mut Vec<ProcMessage>) -> Result<Recv, SensorError> {
-        let received = {
-            let mut iov = [IoSliceMut::new(&mut self.buf)];
-            recvmsg::<NetlinkAddr>(self.fd.as_raw_fd(), &mut iov, None, MsgFlags::empty())
-                .map(|m| (m.bytes, m.flags, m.address.map(|a| a.pid())))
-        };
-        let (len, flags, sender) = match received {
-            Ok(r) => r,
+    fn recv_batch(&mut self, out: &mut Vec<ProcMessage>) -> Result<Recv, SensorError> {
+        let mut senders = [0u32; RECV_BATCH];
+        let mut lens = [(0usize, 0i32); RECV_BATCH];
+        let received = match recv_many(&self.fd, &mut self.bufs, &mut lens, &mut senders) {
+            Ok(n) => n,
             Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Recv::Timeout),
             Err(Errno::ENOBUFS) => {
                 self.stats.overruns += 1;
@@ -233,39 +237,42 @@ impl ProcConnector {
             }
             Err(e) => return Err(SensorError::Recv(e)),
         };
-        self.stats.datagrams += 1;
-        if sender != Some(0) {
-            self.stats.foreign_senders += 1;
-            warn!(?sender, "dropped a datagram that did not come from the kernel");
-            return Ok(Recv::Messages { count: 0, lost: 0 });
-        }
-        if flags.contains(MsgFlags::MSG_TRUNC) {
-            // The cut message fails to parse below and is counted as malformed.
-            self.stats.truncated_datagrams += 1;
-        }
         let (mut count, mut lost) = (0, 0);
-        for item in parse_datagram(&self.buf[..len]) {
-            match item {
-                Ok(NetlinkItem::Proc(msg)) => {
-                    lost += self.tracker.observe(msg.cpu, msg.seq);
-                    self.stats.messages += 1;
-                    out.push(msg);
-                    count += 1;
-                }
-                Ok(NetlinkItem::Overrun) => {
-                    self.stats.netlink_overruns += 1;
-                    self.overrun_pending = true;
-                    warn!("the kernel reported a netlink overrun");
-                }
-                Ok(NetlinkItem::Error { errno: 0 }) => {}
-                Ok(NetlinkItem::Error { errno }) => {
-                    self.stats.netlink_errors += 1;
-                    warn!(error = %Errno::from_raw(errno), "netlink error message");
-                }
-                Ok(NetlinkItem::Ignored { .. }) => self.stats.ignored += 1,
-                Err(e) => {
-                    self.stats.malformed += 1;
-                    warn!(error = %e, "malformed proc connector message");
+        for (i, (&(len, flags), &sender)) in lens.iter().zip(&senders).take(received).enumerate() {
+            self.stats.datagrams += 1;
+            if sender != 0 {
+                self.stats.foreign_senders += 1;
+                warn!(sender, "dropped a datagram that did not come from the kernel");
+                continue;
+            }
+            if flags & libc::MSG_TRUNC != 0 {
+                // The cut message fails to parse below and is counted as malformed.
+                self.stats.truncated_datagrams += 1;
+            }
+            let datagram = &self.bufs[i * DATAGRAM_LEN..][..len.min(DATAGRAM_LEN)];
+            for item in parse_datagram(datagram) {
+                match item {
+                    Ok(NetlinkItem::Proc(msg)) => {
+                        lost += self.tracker.observe(msg.cpu, msg.seq);
+                        self.stats.messages += 1;
+                        out.push(msg);
+                        count += 1;
+                    }
+                    Ok(NetlinkItem::Overrun) => {
+                        self.stats.netlink_overruns += 1;
+                        self.overrun_pending = true;
+                        warn!("the kernel reported a netlink overrun");
+                    }
+                    Ok(NetlinkItem::Error { errno: 0 }) => {}
+                    Ok(NetlinkItem::Error { errno }) => {
+                        self.stats.netlink_errors += 1;
+                        warn!(error = %Errno::from_raw(errno), "netlink error message");
+                    }
+                    Ok(NetlinkItem::Ignored { .. }) => self.stats.ignored += 1,
+                    Err(e) => {
+                        self.stats.malformed += 1;
+                        warn!(error = %e, "malformed proc connector message");
+                    }
                 }
             }
         }
@@ -300,7 +307,7 @@ impl ProcConnector {
                 break;
             }
             read.clear();
-            let lost = match self.recv_datagram(&mut read)? {
+            let lost = match self.recv_batch(&mut read)? {
                 Recv::Messages { lost, .. } => lost,
                 Recv::Overrun => {
                     self.overrun_pending = true;
@@ -334,6 +341,62 @@ impl Drop for ProcConnector {
             debug!(error = %e, "unsubscribing from the proc connector failed");
         }
     }
+}
+
+/// One `recvmmsg`: waits (up to the socket's receive timeout) for a datagram, then takes every
+/// other one already queued, up to one per [`DATAGRAM_LEN`] slice of `bufs`. For each datagram
+/// received, `lens` gets its length and `msg_flags` and `senders` its netlink port id (0 for
+/// the kernel; `u32::MAX` when the kernel gave no address). Returns how many were received.
+fn recv_many(
+    fd: &OwnedFd,
+    bufs: &mut [u8],
+    lens: &mut [(usize, i32); RECV_BATCH],
+    senders: &mut [u32; RECV_BATCH],
+) -> Result<usize, Errno> {
+    // SAFETY: all-zero bytes are valid values of these plain C structs (null pointers, zero
+    // lengths); every pointer the kernel uses is set below.
+    let mut addrs: [libc::sockaddr_nl; RECV_BATCH] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { mem::zeroed() };
+    let slots = bufs.chunks_exact_mut(DATAGRAM_LEN);
+    for (((hdr, iov), addr), buf) in hdrs.iter_mut().zip(&mut iovs).zip(&mut addrs).zip(slots) {
+        iov.iov_base = buf.as_mut_ptr().cast();
+        iov.iov_len = buf.len();
+        hdr.msg_hdr.msg_iov = iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_nl).cast();
+        hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    }
+    let slots = (bufs.len() / DATAGRAM_LEN).min(RECV_BATCH);
+    // SAFETY: `hdrs[..slots]` point at `slots` live iovecs over disjoint DATAGRAM_LEN slices of
+    // `bufs` and at `slots` sockaddr_nl, all of which outlive the call; the kernel writes only
+    // within those lengths. A null timeout leaves waiting to SO_RCVTIMEO.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            slots as libc::c_uint,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| Errno::last())?;
+    for ((hdr, addr), (len, sender)) in hdrs
+        .iter()
+        .zip(&addrs)
+        .zip(lens.iter_mut().zip(senders.iter_mut()))
+        .take(n)
+    {
+        *len = (hdr.msg_len as usize, hdr.msg_hdr.msg_flags);
+        *sender = if hdr.msg_hdr.msg_namelen as usize >= mem::size_of::<libc::sockaddr_nl>() {
+            addr.nl_pid
+        } else {
+            u32::MAX
+        };
+    }
+    Ok(n)
 }
 
 /// Sets the receive buffer, forcing past `rmem_max` when privileged, and returns what the

@@ -1,5 +1,14 @@
-//! Parent pids remembered from fork events, so an event that arrives after `/proc/<pid>` is gone
-//! (the exec or exit of a short-lived process) still names its parent.
+//! Parent pids (and real uids) remembered from kernel events, so an event that arrives after
+//! `/proc/<pid>` is gone (the exec or exit of a short-lived process) still names its parent, and
+//! an exec need not read `/proc/<pid>/status` for its uid.
+//!
+//! The uid is exact, not a guess: the kernel sends a uid message from `commit_creds` whenever a
+//! task's uid, euid, suid or fsuid changes (and that is the only way a real uid changes), and a
+//! forked child starts with its parent's credentials. A setuid is sent before the fork or exec
+//! that follows it (the send is synchronous, into one queue), so a child inherits the uid its
+//! parent had. What the table cannot vouch for it does not keep: the caller clears every uid
+//! after a kernel loss ([`ProcessTable::forget_uids`]), and a thread whose uid differs from
+//! its process's makes that process's uid unknown; unknown uids are read from `/proc` again.
 //!
 //! The table is bounded twice: by count (inserting beyond the capacity evicts the oldest
 //! insertion) and by time (an exited process is forgotten `linger` after its exit). The linger
@@ -19,6 +28,8 @@ const EXPIRE_BATCH: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     ppid: u32,
+    /// The real uid, when known (see the module doc).
+    uid: Option<u32>,
     /// Identifies this insertion, so queue items left by an earlier process with the same pid
     /// are recognised as stale.
     serial: u64,
@@ -26,7 +37,7 @@ struct Entry {
     exited: bool,
 }
 
-/// Maps a process (tgid) to its parent's tgid.
+/// Maps a process (tgid) to its parent's tgid and its real uid.
 #[derive(Debug)]
 pub struct ProcessTable {
     entries: HashMap<u32, Entry>,
@@ -55,14 +66,15 @@ impl ProcessTable {
         }
     }
 
-    /// Records (or replaces, when a pid is reused) a process's parent.
-    pub fn insert(&mut self, pid: u32, ppid: u32) {
+    /// Records (or replaces, when a pid is reused) a process's parent and real uid.
+    pub fn insert(&mut self, pid: u32, ppid: u32, uid: Option<u32>) {
         let serial = self.next_serial;
         self.next_serial += 1;
         self.entries.insert(
             pid,
             Entry {
                 ppid,
+                uid,
                 serial,
                 exited: false,
             },
@@ -84,6 +96,25 @@ impl ProcessTable {
     /// The parent of `pid`, if known.
     pub fn parent(&self, pid: u32) -> Option<u32> {
         self.entries.get(&pid).map(|e| e.ppid)
+    }
+
+    /// The real uid of `pid`, if known.
+    pub fn uid(&self, pid: u32) -> Option<u32> {
+        self.entries.get(&pid).and_then(|e| e.uid)
+    }
+
+    /// Sets (or, with `None`, forgets) the real uid of a process the table holds.
+    pub fn set_uid(&mut self, pid: u32, uid: Option<u32>) {
+        if let Some(e) = self.entries.get_mut(&pid) {
+            e.uid = uid;
+        }
+    }
+
+    /// Forgets every uid: after a kernel loss a uid change may have been missed.
+    pub fn forget_uids(&mut self) {
+        for e in self.entries.values_mut() {
+            e.uid = None;
+        }
     }
 
     /// Notes that `pid` exited at `now_ns` (any monotonic clock); it is forgotten `linger` later.
@@ -153,10 +184,10 @@ mod tests {
     #[test]
     fn parents_are_remembered_and_replaced_on_pid_reuse() {
         let mut t = ProcessTable::new(16, DEFAULT_LINGER);
-        t.insert(100, 1);
+        t.insert(100, 1, None);
         assert_eq!(t.parent(100), Some(1));
         assert_eq!(t.parent(101), None);
-        t.insert(100, 50);
+        t.insert(100, 50, None);
         assert_eq!(t.parent(100), Some(50));
         assert_eq!(t.len(), 1);
     }
@@ -165,7 +196,7 @@ mod tests {
     fn the_oldest_entry_is_evicted_at_capacity() {
         let mut t = ProcessTable::new(3, DEFAULT_LINGER);
         for pid in 1..=4 {
-            t.insert(pid, 1000 + pid);
+            t.insert(pid, 1000 + pid, None);
         }
         assert_eq!(t.len(), 3);
         assert_eq!(t.parent(1), None);
@@ -176,10 +207,10 @@ mod tests {
     #[test]
     fn re_inserting_refreshes_the_entrys_age() {
         let mut t = ProcessTable::new(2, DEFAULT_LINGER);
-        t.insert(1, 10);
-        t.insert(2, 20);
-        t.insert(1, 11);
-        t.insert(3, 30);
+        t.insert(1, 10, None);
+        t.insert(2, 20, None);
+        t.insert(1, 11, None);
+        t.insert(3, 30, None);
         assert_eq!(t.parent(1), Some(11));
         assert_eq!(t.parent(2), None);
     }
@@ -187,7 +218,7 @@ mod tests {
     #[test]
     fn exited_processes_linger_then_go() {
         let mut t = ProcessTable::new(16, Duration::from_secs(5));
-        t.insert(7, 1);
+        t.insert(7, 1, None);
         t.mark_exited(7, 10 * SEC);
         t.expire(14 * SEC);
         assert_eq!(t.parent(7), Some(1));
@@ -199,9 +230,9 @@ mod tests {
     #[test]
     fn a_reused_pid_survives_the_old_processes_expiry() {
         let mut t = ProcessTable::new(16, Duration::from_secs(1));
-        t.insert(7, 1);
+        t.insert(7, 1, None);
         t.mark_exited(7, 0);
-        t.insert(7, 2);
+        t.insert(7, 2, None);
         t.expire(10 * SEC);
         assert_eq!(t.parent(7), Some(2));
     }
@@ -210,7 +241,7 @@ mod tests {
     fn churn_keeps_the_queues_bounded() {
         let mut t = ProcessTable::new(8, Duration::from_secs(1000));
         for i in 0..10_000u32 {
-            t.insert(i % 5, i);
+            t.insert(i % 5, i, None);
             t.mark_exited(i % 5, u64::from(i));
         }
         assert!(t.order.len() <= 16 + 1);
@@ -219,9 +250,23 @@ mod tests {
     }
 
     #[test]
+    fn uids_are_kept_updated_and_forgotten() {
+        let mut t = ProcessTable::new(16, DEFAULT_LINGER);
+        t.insert(7, 1, Some(1000));
+        t.insert(8, 1, None);
+        assert_eq!((t.uid(7), t.uid(8), t.uid(9)), (Some(1000), None, None));
+        t.set_uid(8, Some(0));
+        t.set_uid(9, Some(0));
+        assert_eq!((t.uid(8), t.uid(9)), (Some(0), None));
+        t.forget_uids();
+        assert_eq!((t.uid(7), t.uid(8)), (None, None));
+        assert_eq!(t.parent(7), Some(1));
+    }
+
+    #[test]
     fn a_repeated_exit_is_queued_once() {
         let mut t = ProcessTable::new(4, Duration::from_secs(1));
-        t.insert(9, 1);
+        t.insert(9, 1, None);
         for now in 0..100 {
             t.mark_exited(9, now);
         }

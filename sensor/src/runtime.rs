@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,11 @@ pub struct ProducerConfig {
     /// How long a stop may spend draining the queue and reporting.
     pub stop_grace: Duration,
     pub heartbeat: Duration,
+    /// How long the worker, having sent everything queued, waits for more before it sleeps
+    /// until a push wakes it. Events pushed meanwhile go out together when it ends, so a steady
+    /// stream wakes the worker about once per `linger` instead of once per event, and each
+    /// event waits at most this long. Zero (the default) sends every event at once.
+    pub linger: Duration,
 }
 
 impl ProducerConfig {
@@ -41,6 +46,7 @@ impl ProducerConfig {
             max_message: 64 * 1024,
             stop_grace: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -59,14 +65,21 @@ pub struct ProducerReport {
 pub struct Producer<const N: usize> {
     queue: &'static Queue<'static, EventSlot<N>>,
     worker: Thread,
+    /// Set while the worker sleeps with an empty queue past its linger: only then does a push
+    /// need to wake it.
+    idle: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     kernel_dropped: Arc<AtomicU64>,
     join: JoinHandle<WorkerStats>,
 }
 
 /// The worker's I/O: the real port, a monotonic clock, and parking for waits.
-struct PortIo {
+struct PortIo<const N: usize> {
     config: ProducerConfig,
+    queue: &'static Queue<'static, EventSlot<N>>,
+    idle: Arc<AtomicBool>,
+    /// `queue.produced()` when the last wait ended.
+    seen: u64,
     conn: Option<Box<dyn PortConnection>>,
     origin: Instant,
     stop: Arc<AtomicBool>,
@@ -74,7 +87,7 @@ struct PortIo {
     failures: u64,
 }
 
-impl ProducerIo for PortIo {
+impl<const N: usize> ProducerIo for PortIo<N> {
     fn now(&mut self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
@@ -119,9 +132,24 @@ impl ProducerIo for PortIo {
     }
 
     fn wait(&mut self, until: u64) {
-        let now = self.now();
-        // Pushers unpark this thread, so an event wakes it at once.
-        std::thread::park_timeout(Duration::from_nanos(until.saturating_sub(now)));
+        // Linger first (see `ProducerConfig::linger`): pushes do not wake this thread meanwhile.
+        if !self.config.linger.is_zero() {
+            let linger_end = until.min(self.now() + self.config.linger.as_nanos() as u64);
+            std::thread::park_timeout(Duration::from_nanos(linger_end.saturating_sub(self.now())));
+        }
+        // Then sleep until woken: a push sees `idle` and unparks. Events pushed since the last
+        // wait that are still queued (pushed after the worker found the queue empty, or while it
+        // lingered) go out first; checking after setting the flag (the fences pair with
+        // `push`'s) closes the gap where a push saw it still clear. Events the worker could not
+        // send (it is disconnected) do not keep it awake: only new pushes do.
+        self.idle.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let fresh = !self.queue.is_empty() && self.queue.produced() != self.seen;
+        if !fresh {
+            std::thread::park_timeout(Duration::from_nanos(until.saturating_sub(self.now())));
+        }
+        self.idle.store(false, Ordering::SeqCst);
+        self.seen = self.queue.produced();
     }
 
     fn stop_requested(&mut self) -> bool {
@@ -165,8 +193,12 @@ impl<const N: usize> Producer<N> {
             Box::leak(Box::new(Queue::new(slots).expect("capacity is a power of two")));
         let stop = Arc::new(AtomicBool::new(false));
         let kernel_dropped = Arc::new(AtomicU64::new(0));
+        let idle = Arc::new(AtomicBool::new(false));
         let mut io = PortIo {
             config: config.clone(),
+            queue,
+            idle: idle.clone(),
+            seen: 0,
             conn: None,
             origin: Instant::now(),
             stop: stop.clone(),
@@ -204,6 +236,7 @@ impl<const N: usize> Producer<N> {
         Ok(Producer {
             queue,
             worker,
+            idle,
             stop,
             kernel_dropped,
             join,
@@ -214,7 +247,11 @@ impl<const N: usize> Producer<N> {
     /// the queue was full (the drop is counted and will be reported).
     pub fn push(&self, fill: impl FnOnce(&mut EventSlot<N>)) -> bool {
         let ok = self.queue.push_with(fill).is_ok();
-        self.worker.unpark();
+        // Pairs with the worker's fence between setting `idle` and looking at the queue.
+        fence(Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) {
+            self.worker.unpark();
+        }
         ok
     }
 

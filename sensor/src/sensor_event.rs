@@ -1,16 +1,17 @@
 //! The sensor's enriched event and its encoding into an lpcmon Event message.
 //!
 //! This is the boundary between what the sensor learned (kernel message plus `/proc`) and the
-//! wire format of `lpcmon-protocol`. Encoding does not allocate and leaves `seq` 0: the
-//! producer core assigns sequence numbers when it queues the event.
+//! wire format of `lpcmon-protocol`. The event borrows its text from whoever read it (the
+//! sensor's reusable buffers), encoding does not allocate, and it leaves `seq` 0: the producer
+//! core assigns sequence numbers when it queues the event.
 
 use lpcmon_protocol::event::flags;
 use lpcmon_protocol::{EncodeError, EventHeader, EventKind, EventWriter, FieldType};
 
 /// One process event, ready to encode. Fields that do not apply or could not be learned are
 /// `None` and are left out of the encoded event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SensorEvent {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SensorEvent<'a> {
     pub kind: EventKind,
     /// UTC nanoseconds since the Unix epoch when the kernel produced the event.
     pub time_ns: u64,
@@ -20,12 +21,12 @@ pub struct SensorEvent {
     pub ppid: u32,
     /// The task the kernel reported (for process events, the main thread: equal to `pid`).
     pub tid: u32,
-    pub executable: Option<String>,
-    pub command_line: Option<String>,
+    pub executable: Option<&'a str>,
+    pub command_line: Option<&'a str>,
     /// The real uid.
     pub user_id: Option<u32>,
     /// The kernel's `comm` name.
-    pub name: Option<String>,
+    pub name: Option<&'a str>,
     /// For `process.exit`: see [`exit_code_from_wait_status`].
     pub exit_code: Option<i32>,
     /// `/proc` could not be read completely (the process had already exited).
@@ -34,7 +35,7 @@ pub struct SensorEvent {
     pub command_line_truncated: bool,
 }
 
-impl SensorEvent {
+impl SensorEvent<'_> {
     /// An event with only the header values set.
     pub fn new(kind: EventKind, time_ns: u64, pid: u32, ppid: u32, tid: u32) -> Self {
         SensorEvent {
@@ -70,7 +71,7 @@ pub fn exit_code_from_wait_status(status: u32) -> i32 {
 /// Encodes `ev` as an lpcmon Event message into `buf` and returns its length. Strings longer
 /// than `string_cap` bytes are truncated and flagged; fields that do not fit are left out and
 /// flagged. Fails only if `buf` cannot hold the event header.
-pub fn encode_event(ev: &SensorEvent, buf: &mut [u8], string_cap: usize) -> Result<usize, EncodeError> {
+pub fn encode_event(ev: &SensorEvent<'_>, buf: &mut [u8], string_cap: usize) -> Result<usize, EncodeError> {
     let mut header_flags = 0;
     if ev.enrich_failed {
         header_flags |= flags::ENRICH_FAILED;
@@ -88,10 +89,10 @@ pub fn encode_event(ev: &SensorEvent, buf: &mut [u8], string_cap: usize) -> Resu
         tid: ev.tid,
     };
     let mut w = EventWriter::new(buf, &header, string_cap)?;
-    if let Some(exe) = &ev.executable {
+    if let Some(exe) = ev.executable {
         w.utf8(FieldType::EXECUTABLE, exe)?;
     }
-    if let Some(line) = &ev.command_line {
+    if let Some(line) = ev.command_line {
         w.utf8(FieldType::COMMAND_LINE, line)?;
     }
     if let Some(uid) = ev.user_id {
@@ -99,7 +100,7 @@ pub fn encode_event(ev: &SensorEvent, buf: &mut [u8], string_cap: usize) -> Resu
         let mut digits = [0u8; 10];
         w.utf8(FieldType::USER_ID, format_u32(uid, &mut digits))?;
     }
-    if let Some(name) = &ev.name {
+    if let Some(name) = ev.name {
         w.utf8(FieldType::NAME, name)?;
     }
     if let Some(code) = ev.exit_code {
@@ -129,7 +130,7 @@ mod tests {
     use lpcmon_protocol::event::Event;
     use lpcmon_protocol::{Message, event::patch_seq};
 
-    fn round_trip(ev: &SensorEvent, cap: usize) -> Event {
+    fn round_trip(ev: &SensorEvent<'_>, cap: usize) -> Event {
         let mut buf = [0u8; 1024];
         let len = encode_event(ev, &mut buf, cap).unwrap();
         // Decoders reject seq 0; the producer core patches it before sending.
@@ -143,10 +144,10 @@ mod tests {
     #[test]
     fn an_exec_event_carries_its_fields() {
         let mut ev = SensorEvent::new(EventKind::ProcessExec, 1_700_000_000_000_000_000, 42, 7, 42);
-        ev.executable = Some("/usr/bin/true".into());
-        ev.command_line = Some("true --version".into());
+        ev.executable = Some("/usr/bin/true");
+        ev.command_line = Some("true --version");
         ev.user_id = Some(1000);
-        ev.name = Some("true".into());
+        ev.name = Some("true");
         let got = round_trip(&ev, 4096);
         assert_eq!(
             got.header,
@@ -171,7 +172,8 @@ mod tests {
     fn flags_mark_failed_enrichment_and_cut_command_lines() {
         let mut ev = SensorEvent::new(EventKind::ProcessExec, 1, 5, 0, 5);
         ev.enrich_failed = true;
-        ev.command_line = Some("x".repeat(100));
+        let long = "x".repeat(100);
+        ev.command_line = Some(&long);
         ev.command_line_truncated = true;
         let got = round_trip(&ev, 10);
         assert_eq!(got.header.flags, flags::ENRICH_FAILED | flags::TRUNCATED);

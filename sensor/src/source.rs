@@ -21,29 +21,32 @@
 //! `/proc`. 0 means unknown.
 //!
 //! Event time is the kernel's own timestamp (`CLOCK_MONOTONIC`) converted to UTC with the
-//! offset between `CLOCK_REALTIME` and `CLOCK_MONOTONIC` read when the datagram was received,
-//! so time spent queued in the socket does not skew it and a clock step is followed.
+//! offset between `CLOCK_REALTIME` and `CLOCK_MONOTONIC` read when the batch of datagrams was
+//! received, so time spent queued in the socket does not skew it and a clock step is followed.
+//!
+//! The hot path allocates nothing: datagrams are read in batches into the connector's buffers,
+//! parsed into a reused `Vec`, and an event borrows its text from the [`ProcReader`]'s buffers
+//! until the caller asks for the next one.
 //!
 //! A known quirk: when a non-main thread calls `execve`, the kernel kills the old main thread
 //! first, which produces an exit message with pid == tgid just before the exec message of the
 //! same process.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use lpcmon_protocol::EventKind;
 use nix::time::{ClockId, clock_gettime};
 
-use crate::enrich::{self, DEFAULT_CMDLINE_CAP};
+use crate::enrich::{DEFAULT_CMDLINE_CAP, ProcReader};
 use crate::proc_connector::{ConnectorConfig, ConnectorStats, ProcConnector, Recv, SensorError};
-use crate::proc_event::{ProcEvent, ProcMessage};
+use crate::proc_event::{ProcEvent, ProcMessage, TaskName};
 use crate::process_table::{self, ProcessTable};
 use crate::sensor_event::{SensorEvent, exit_code_from_wait_status};
 
-/// One [`ProcConnectorSource::next_item`] reads at most this many datagrams before it returns, so a
-/// stream of unreported (thread) messages cannot keep the caller from checking for a stop.
-const MAX_DATAGRAMS_PER_NEXT: usize = 64;
+/// One [`ProcConnectorSource::next_item`] reads at most this many batches before it returns, so
+/// a stream of unreported (thread) messages cannot keep the caller from checking for a stop.
+const MAX_BATCHES_PER_NEXT: usize = 8;
 
 /// How the sensor is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +74,11 @@ impl Default for SourceConfig {
     }
 }
 
-/// What [`ProcConnectorSource::next_item`] yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceItem {
-    Event(SensorEvent),
+/// What [`ProcConnectorSource::next_item`] yields. An event borrows the source's buffers: encode
+/// or copy it before asking for the next item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceItem<'a> {
+    Event(SensorEvent<'a>),
     /// The kernel dropped messages for this socket (`ENOBUFS`). The exact number follows as
     /// [`SourceItem::Lost`] once the sequence gap is seen; report the loss from that count,
     /// and use this as the moment it happened.
@@ -92,6 +96,9 @@ pub struct SourceStats {
     pub connector: ConnectorStats,
     /// Events yielded.
     pub events: u64,
+    /// Exec events yielded, and how many of them carry their executable.
+    pub execs: u64,
+    pub execs_named: u64,
     /// Thread-level messages not reported.
     pub thread_messages: u64,
     /// Acknowledgements and kinds lpcmon does not report.
@@ -104,7 +111,7 @@ pub struct SourceStats {
     pub table_evicted: u64,
 }
 
-/// When a datagram was received, on both clocks.
+/// When a batch of datagrams was received, on both clocks.
 #[derive(Debug, Clone, Copy)]
 struct ClockAnchor {
     wall_ns: u64,
@@ -139,10 +146,12 @@ fn clock_ns(clock: ClockId) -> u64 {
 pub struct ProcConnectorSource {
     conn: ProcConnector,
     translator: Translator,
-    /// Messages of the last datagram not yet turned into events, with their receive time.
-    pending: VecDeque<(ProcMessage, ClockAnchor)>,
+    /// The messages of the last batch (reused), the next one to translate, and when the batch
+    /// was received.
+    batch: Vec<ProcMessage>,
+    next: usize,
+    anchor: ClockAnchor,
     lost_pending: u64,
-    scratch: Vec<ProcMessage>,
 }
 
 impl ProcConnectorSource {
@@ -152,35 +161,46 @@ impl ProcConnectorSource {
         Ok(ProcConnectorSource {
             conn,
             translator: Translator::new(&config),
-            pending: VecDeque::new(),
+            batch: Vec::with_capacity(crate::proc_connector::RECV_BATCH),
+            next: 0,
+            anchor: ClockAnchor::now(),
             lost_pending: 0,
-            scratch: Vec::new(),
         })
     }
 
     /// The next event, loss report, or `None` when nothing arrived within the receive timeout
     /// (the caller checks for a stop and calls again). Errors are fatal to the socket.
-    pub fn next_item(&mut self) -> Result<Option<SourceItem>, SensorError> {
-        for _ in 0..MAX_DATAGRAMS_PER_NEXT {
+    pub fn next_item(&mut self) -> Result<Option<SourceItem<'_>>, SensorError> {
+        for _ in 0..MAX_BATCHES_PER_NEXT {
             if self.lost_pending > 0 {
                 let messages = std::mem::take(&mut self.lost_pending);
                 return Ok(Some(SourceItem::Lost { messages }));
             }
-            // Bounded by the messages of one datagram.
-            while let Some((msg, at)) = self.pending.pop_front() {
-                if let Some(ev) = self.translator.translate(&msg, &at) {
+            // Bounded by the messages of one batch.
+            while let Some(&msg) = self.batch.get(self.next) {
+                self.next += 1;
+                if let Some(what) = self.translator.classify(&msg.event) {
+                    let time = self.anchor.wall_time(msg.timestamp_ns);
+                    let ev = self.translator.event_for(what, time, self.anchor.mono_ns);
                     return Ok(Some(SourceItem::Event(ev)));
                 }
             }
-            self.scratch.clear();
-            match self.conn.recv(&mut self.scratch)? {
+            self.batch.clear();
+            self.next = 0;
+            match self.conn.recv(&mut self.batch)? {
                 Recv::Timeout => return Ok(None),
-                Recv::Overrun => return Ok(Some(SourceItem::Overrun)),
+                Recv::Overrun => {
+                    // A missed uid change would make a remembered uid wrong.
+                    self.translator.table.forget_uids();
+                    return Ok(Some(SourceItem::Overrun));
+                }
                 Recv::Messages { lost, .. } => {
-                    let at = ClockAnchor::now();
-                    self.translator.table.expire(at.mono_ns);
+                    self.anchor = ClockAnchor::now();
+                    self.translator.table.expire(self.anchor.mono_ns);
+                    if lost > 0 {
+                        self.translator.table.forget_uids();
+                    }
                     self.lost_pending += lost;
-                    self.pending.extend(self.scratch.drain(..).map(|m| (m, at)));
                 }
             }
         }
@@ -197,12 +217,41 @@ impl ProcConnectorSource {
     }
 }
 
+/// A kernel message that becomes an event: a fork, exec, exit, uid or comm change of a process
+/// (its main thread). For process events the kernel's task is the main thread, so the event's
+/// `tid` is its `pid`.
+#[derive(Debug, Clone, Copy)]
+enum Reported {
+    Start {
+        pid: u32,
+        ppid: u32,
+    },
+    Exec {
+        pid: u32,
+    },
+    /// `ppid` is the parent the exit message names, when the kernel sent one.
+    Exit {
+        pid: u32,
+        exit_code: u32,
+        ppid: Option<u32>,
+    },
+    Setuid {
+        pid: u32,
+        ruid: u32,
+    },
+    Rename {
+        pid: u32,
+        comm: TaskName,
+    },
+}
+
 /// The socket-free part of the sensor: kernel messages in, events out.
 #[derive(Debug)]
 struct Translator {
     table: ProcessTable,
-    proc_root: PathBuf,
-    cmdline_cap: usize,
+    reader: ProcReader,
+    /// A renamed process's new name, as text.
+    comm: String,
     stats: SourceStats,
 }
 
@@ -210,63 +259,58 @@ impl Translator {
     fn new(config: &SourceConfig) -> Self {
         Translator {
             table: ProcessTable::new(config.table_capacity, config.exit_linger),
-            proc_root: config.proc_root.clone(),
-            cmdline_cap: config.cmdline_cap,
+            reader: ProcReader::new(&config.proc_root, config.cmdline_cap),
+            comm: String::new(),
             stats: SourceStats::default(),
         }
     }
 
     /// Turns one kernel message into an event, or `None` for what is not reported.
-    fn translate(&mut self, msg: &ProcMessage, at: &ClockAnchor) -> Option<SensorEvent> {
-        let event = self.event_for(msg, at)?;
-        self.stats.events += 1;
-        Some(event)
+    #[cfg(test)]
+    fn translate(&mut self, msg: &ProcMessage, at: &ClockAnchor) -> Option<SensorEvent<'_>> {
+        let what = self.classify(&msg.event)?;
+        Some(self.event_for(what, at.wall_time(msg.timestamp_ns), at.mono_ns))
     }
 
-    fn event_for(&mut self, msg: &ProcMessage, at: &ClockAnchor) -> Option<SensorEvent> {
-        let time = at.wall_time(msg.timestamp_ns);
-        let event = match msg.event {
+    /// What `event` becomes: process-level fork, exec, exit, uid and comm messages are
+    /// reported; thread-level ones and other kinds are only counted.
+    fn classify(&mut self, event: &ProcEvent) -> Option<Reported> {
+        let reported = match *event {
             ProcEvent::Fork {
                 parent_tgid,
                 child_pid,
                 child_tgid,
                 ..
-            } if child_pid == child_tgid => {
-                self.table.insert(child_tgid, parent_tgid);
-                SensorEvent::new(EventKind::ProcessStart, time, child_tgid, parent_tgid, child_pid)
-            }
-            ProcEvent::Exec { pid, tgid } if pid == tgid => self.exec_event(time, pid),
+            } if child_pid == child_tgid => Reported::Start {
+                pid: child_tgid,
+                ppid: parent_tgid,
+            },
+            ProcEvent::Exec { pid, tgid } if pid == tgid => Reported::Exec { pid },
             ProcEvent::Exit {
                 pid,
                 tgid,
                 exit_code,
                 parent,
                 ..
-            } if pid == tgid => {
-                let ppid = parent
-                    .map(|(_, parent_tgid)| parent_tgid)
-                    .or_else(|| self.table.parent(tgid));
-                self.table.mark_exited(tgid, at.mono_ns);
-                let mut ev = SensorEvent::new(EventKind::ProcessExit, time, tgid, ppid.unwrap_or(0), pid);
-                ev.exit_code = Some(exit_code_from_wait_status(exit_code));
-                ev
-            }
-            ProcEvent::Uid { pid, tgid, ruid, .. } if pid == tgid => {
-                let ppid = self.table.parent(tgid).unwrap_or(0);
-                let mut ev = SensorEvent::new(EventKind::ProcessSetuid, time, tgid, ppid, pid);
-                ev.user_id = Some(ruid);
-                ev
-            }
-            ProcEvent::Comm { pid, tgid, comm } if pid == tgid => {
-                let ppid = self.table.parent(tgid).unwrap_or(0);
-                let mut ev = SensorEvent::new(EventKind::ProcessRename, time, tgid, ppid, pid);
-                ev.name = Some(comm.to_string_lossy());
-                ev
+            } if pid == tgid => Reported::Exit {
+                pid,
+                exit_code,
+                ppid: parent.map(|(_, parent_tgid)| parent_tgid),
+            },
+            ProcEvent::Uid { pid, tgid, ruid, .. } if pid == tgid => Reported::Setuid { pid, ruid },
+            ProcEvent::Comm { pid, tgid, comm } if pid == tgid => Reported::Rename { pid, comm },
+            ProcEvent::Uid { tgid, ruid, .. } => {
+                // A thread whose real uid is not its process's: which one a fork from that
+                // process inherits is no longer certain, so the process's uid is read again.
+                if self.table.uid(tgid) != Some(ruid) {
+                    self.table.set_uid(tgid, None);
+                }
+                self.stats.thread_messages += 1;
+                return None;
             }
             ProcEvent::Fork { .. }
             | ProcEvent::Exec { .. }
             | ProcEvent::Exit { .. }
-            | ProcEvent::Uid { .. }
             | ProcEvent::Comm { .. } => {
                 self.stats.thread_messages += 1;
                 return None;
@@ -276,22 +320,77 @@ impl Translator {
                 return None;
             }
         };
-        Some(event)
+        Some(reported)
     }
 
-    fn exec_event(&mut self, time: u64, pid: u32) -> SensorEvent {
-        let info = enrich::read_process(&self.proc_root, pid, self.cmdline_cap);
-        let ppid = match self.table.parent(pid) {
-            Some(ppid) => Some(ppid),
-            None => {
-                // A process that predates the sensor: learn its parent for its exit.
-                if let Some(ppid) = info.ppid {
-                    self.table.insert(pid, ppid);
-                }
-                info.ppid
+    /// The event for a reported message that happened at `time` (UTC) and was received at
+    /// `mono_ns` (`CLOCK_MONOTONIC`). Only an exec reads `/proc`.
+    fn event_for(&mut self, what: Reported, time: u64, mono_ns: u64) -> SensorEvent<'_> {
+        self.stats.events += 1;
+        match what {
+            Reported::Start { pid, ppid } => {
+                // A child starts with its parent's credentials.
+                let uid = self.table.uid(ppid);
+                self.table.insert(pid, ppid, uid);
+                SensorEvent::new(EventKind::ProcessStart, time, pid, ppid, pid)
             }
+            Reported::Exec { pid } => self.exec_event(time, pid),
+            Reported::Exit { pid, exit_code, ppid } => {
+                let ppid = ppid.or_else(|| self.table.parent(pid));
+                self.table.mark_exited(pid, mono_ns);
+                let mut ev = SensorEvent::new(EventKind::ProcessExit, time, pid, ppid.unwrap_or(0), pid);
+                ev.exit_code = Some(exit_code_from_wait_status(exit_code));
+                ev
+            }
+            Reported::Setuid { pid, ruid } => {
+                self.table.set_uid(pid, Some(ruid));
+                let ppid = self.table.parent(pid).unwrap_or(0);
+                let mut ev = SensorEvent::new(EventKind::ProcessSetuid, time, pid, ppid, pid);
+                ev.user_id = Some(ruid);
+                ev
+            }
+            Reported::Rename { pid, comm } => {
+                let ppid = self.table.parent(pid).unwrap_or(0);
+                self.comm.clear();
+                self.comm.push_str(&String::from_utf8_lossy(comm.as_bytes()));
+                let mut ev = SensorEvent::new(EventKind::ProcessRename, time, pid, ppid, pid);
+                ev.name = Some(&self.comm);
+                ev
+            }
+        }
+    }
+
+    fn exec_event(&mut self, time: u64, pid: u32) -> SensorEvent<'_> {
+        let known = self.table.parent(pid).zip(self.table.uid(pid));
+        let mut info = match known {
+            // The usual case: the fork was seen, so only the exec's own details are read.
+            Some(_) => self.reader.read_known(pid),
+            None => self.reader.read(pid),
         };
+        match (known, self.table.parent(pid)) {
+            (Some((ppid, uid)), _) => {
+                info.ppid = Some(ppid);
+                info.uid = Some(uid);
+            }
+            (None, Some(ppid)) => {
+                // Seen forking, uid unknown: learn it here for this process's children.
+                self.table.set_uid(pid, info.uid);
+                info.ppid = Some(ppid);
+            }
+            // A process that predates the sensor: learn its parent and uid for its exit and
+            // its children.
+            (None, None) => {
+                if let Some(ppid) = info.ppid {
+                    self.table.insert(pid, ppid, info.uid);
+                }
+            }
+        }
+        let ppid = info.ppid;
         let complete = info.is_complete();
+        self.stats.execs += 1;
+        if info.executable.is_some() {
+            self.stats.execs_named += 1;
+        }
         if !complete {
             self.stats.enrich_failed += 1;
         }
@@ -442,12 +541,54 @@ mod tests {
             comm: crate::proc_event::TaskName::from_bytes(name),
         });
         let ev = t.translate(&comm, &AT).unwrap();
-        assert_eq!(
-            (ev.kind, ev.name.as_deref()),
-            (EventKind::ProcessRename, Some("work"))
-        );
+        assert_eq!((ev.kind, ev.name), (EventKind::ProcessRename, Some("work")));
         assert_eq!(t.translate(&msg(ProcEvent::Other { what: 0x40 }), &AT), None);
         assert_eq!(t.stats.ignored_messages, 1);
+    }
+
+    #[test]
+    fn a_uid_follows_forks_and_setuids_and_a_diverging_thread_makes_it_unknown() {
+        let mut t = translator();
+        let fork = |parent, child| {
+            msg(ProcEvent::Fork {
+                parent_pid: parent,
+                parent_tgid: parent,
+                child_pid: child,
+                child_tgid: child,
+            })
+        };
+        let uid = |pid, tgid, ruid| {
+            msg(ProcEvent::Uid {
+                pid,
+                tgid,
+                ruid,
+                euid: ruid,
+            })
+        };
+        // A process that predates the sensor: its parent and uid are learnt from /proc only.
+        t.table.insert(10, 1, Some(1000));
+        t.translate(&fork(10, 20), &AT);
+        assert_eq!(t.table.uid(20), Some(1000), "inherited");
+        t.translate(&uid(20, 20, 0), &AT);
+        t.translate(&fork(20, 30), &AT);
+        assert_eq!(t.table.uid(30), Some(0), "the setuid came before the fork");
+        // The exec of a process whose parent and uid are known carries them without status
+        // (this fake /proc has nothing, so only the uid and parent are there).
+        let exec = t
+            .translate(&msg(ProcEvent::Exec { pid: 30, tgid: 30 }), &AT)
+            .unwrap();
+        assert_eq!((exec.ppid, exec.user_id), (20, Some(0)));
+        // A thread of 30 that agrees changes nothing; one that differs makes 30's uid unknown.
+        t.translate(&uid(31, 30, 0), &AT);
+        assert_eq!(t.table.uid(30), Some(0));
+        t.translate(&uid(32, 30, 1000), &AT);
+        assert_eq!(t.table.uid(30), None);
+        t.translate(&fork(30, 40), &AT);
+        assert_eq!(
+            t.table.uid(40),
+            None,
+            "unknown is inherited, to be read from /proc"
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! it each test says so and passes without checking anything.
 #![cfg(target_os = "linux")]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,19 +15,25 @@ use lpcmon_sensor::proc_connector::{ConnectorConfig, ProcConnector, Recv};
 use lpcmon_sensor::proc_event::ProcMessage;
 use lpcmon_sensor::{ProcConnectorSource, SensorEvent, SourceConfig, SourceItem, encode_event, is_permitted};
 
-fn privileged(test: &str) -> bool {
+/// The tests here start processes and watch every process on the machine, so they run one at a
+/// time: each then sees its own processes and little else (a quiet storm is not quiet beside
+/// the fork storm).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// `Some` (holding the one-at-a-time lock) when the test can run.
+fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
     if nix::unistd::geteuid().is_root() {
-        return true;
+        return Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()));
     }
     eprintln!("skipping {test}: the proc connector needs root or CAP_NET_ADMIN");
-    false
+    None
 }
 
 fn spawn_true() -> Child {
     Command::new("/bin/true").spawn().expect("spawn /bin/true")
 }
 
-fn decode(ev: &SensorEvent) -> Event {
+fn decode(ev: &SensorEvent<'_>) -> Event {
     let mut buf = [0u8; 4096];
     let len = encode_event(ev, &mut buf, 1024).unwrap();
     patch_seq(&mut buf[..len], 1).unwrap();
@@ -39,16 +45,16 @@ fn decode(ev: &SensorEvent) -> Event {
 
 #[test]
 fn root_is_permitted() {
-    if privileged("root_is_permitted") {
+    if let Some(_one_at_a_time) = privileged("root_is_permitted") {
         assert!(is_permitted());
     }
 }
 
 #[test]
 fn a_short_process_is_seen_starting_executing_and_exiting() {
-    if !privileged("a_short_process_is_seen_starting_executing_and_exiting") {
+    let Some(_one_at_a_time) = privileged("a_short_process_is_seen_starting_executing_and_exiting") else {
         return;
-    }
+    };
     let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
     let mut child = spawn_true();
     let pid = child.id();
@@ -63,18 +69,19 @@ fn a_short_process_is_seen_starting_executing_and_exiting() {
         if ev.pid != pid {
             continue;
         }
+        // An event borrows the source's buffers: keep it decoded.
         match ev.kind {
-            EventKind::ProcessStart => start = Some(ev),
-            EventKind::ProcessExec => exec = Some(ev),
-            EventKind::ProcessExit => exit = Some(ev),
+            EventKind::ProcessStart => start = Some(decode(&ev)),
+            EventKind::ProcessExec => exec = Some(decode(&ev)),
+            EventKind::ProcessExit => exit = Some(decode(&ev)),
             _ => {}
         }
     }
     let start = start.expect("no process.start for the child");
-    assert_eq!(start.ppid, std::process::id());
-    assert_eq!(start.tid, pid);
+    assert_eq!(start.header.ppid, std::process::id());
+    assert_eq!(start.header.tid, pid);
 
-    let exec = decode(&exec.expect("no process.exec for the child"));
+    let exec = exec.expect("no process.exec for the child");
     assert_eq!(exec.header.pid, pid);
     assert_eq!(
         exec.header.ppid,
@@ -96,15 +103,15 @@ fn a_short_process_is_seen_starting_executing_and_exiting() {
     }
 
     let exit = exit.expect("no process.exit for the child");
-    assert_eq!(exit.exit_code, Some(0));
-    assert_eq!(exit.ppid, std::process::id());
+    assert_eq!(exit.i32(FieldType::EXIT_CODE), Some(0));
+    assert_eq!(exit.header.ppid, std::process::id());
 }
 
 #[test]
 fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
-    if !privileged("a_fork_storm_is_seen_whole_or_its_loss_is_reported") {
+    let Some(_one_at_a_time) = privileged("a_fork_storm_is_seen_whole_or_its_loss_is_reported") else {
         return;
-    }
+    };
     const CHILDREN: usize = 500;
     let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
     let seen = Arc::new(Mutex::new((HashSet::new(), HashSet::new())));
@@ -170,11 +177,141 @@ fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
     assert_eq!(stats.connector.malformed, 0);
 }
 
+/// The sensor's reader runs `SCHED_FIFO` so that an exec's `/proc` is read before even
+/// `/bin/true` exits: at normal priority 75 of 100 such execs lost their executable here. In a
+/// quiet storm, one short process at a time, (almost) every exec must name its executable. Not
+/// quite every one: on this shared 2-vCPU VM at load 10, 0 to 2 of 200 were missed in about one
+/// run in six, with this code and with the code before it alike (the vCPU itself is not always
+/// running).
+#[test]
+fn a_quiet_storm_names_every_executable() {
+    let Some(_one_at_a_time) = privileged("a_quiet_storm_names_every_executable") else {
+        return;
+    };
+    const CHILDREN: usize = 200;
+    let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
+    let execs = Arc::new(Mutex::new(HashMap::new()));
+    let lossy = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (execs, lossy, stop) = (execs.clone(), lossy.clone(), stop.clone());
+        thread::spawn(move || {
+            let realtime = lpcmon_sensor::linux_sensor::prefer_realtime();
+            while !stop.load(Ordering::Relaxed) {
+                match source.next_item().unwrap() {
+                    Some(SourceItem::Event(ev)) if ev.kind == EventKind::ProcessExec => {
+                        execs
+                            .lock()
+                            .unwrap()
+                            .insert(ev.pid, ev.executable.map(str::to_owned));
+                    }
+                    Some(SourceItem::Overrun | SourceItem::Lost { .. }) => {
+                        lossy.store(true, Ordering::Relaxed)
+                    }
+                    _ => {}
+                }
+            }
+            realtime
+        })
+    };
+    let pids: Vec<u32> = (0..CHILDREN)
+        .map(|_| {
+            let mut child = spawn_true();
+            child.wait().unwrap();
+            child.id()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !pids.iter().all(|p| execs.lock().unwrap().contains_key(p)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let realtime = reader.join().unwrap();
+    let execs = execs.lock().unwrap();
+    let unseen = pids.iter().filter(|p| !execs.contains_key(p)).count();
+    let unnamed: Vec<(u32, Option<String>)> = pids
+        .iter()
+        .filter_map(|p| match execs.get(p) {
+            Some(Some(exe)) if exe.ends_with("/true") => None,
+            Some(other) => Some((*p, other.clone())),
+            None => None,
+        })
+        .collect();
+    eprintln!(
+        "quiet storm: {CHILDREN} execs, {unseen} unseen, {} without their executable (SCHED_FIFO: {realtime})",
+        unnamed.len()
+    );
+    assert!(
+        unseen == 0 || lossy.load(Ordering::Relaxed),
+        "{unseen} execs missed silently"
+    );
+    if realtime {
+        assert!(
+            unnamed.len() <= CHILDREN / 100,
+            "execs without their executable: {unnamed:?}"
+        );
+    }
+}
+
+/// A shell's children are forked after the sensor saw the shell: their exec takes its parent and
+/// real uid from what the sensor learnt (the fork and the shell's own exec), not from `status`.
+#[test]
+fn a_grandchild_exec_carries_the_uid_and_parent_it_inherited() {
+    let Some(_one_at_a_time) = privileged("a_grandchild_exec_carries_the_uid_and_parent_it_inherited") else {
+        return;
+    };
+    let mut source = ProcConnectorSource::open(SourceConfig::default()).unwrap();
+    // The reader runs as the sensor's does (real-time, reading while the processes live).
+    let execs = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (execs, stop) = (execs.clone(), stop.clone());
+        thread::spawn(move || {
+            lpcmon_sensor::linux_sensor::prefer_realtime();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(SourceItem::Event(ev)) = source.next_item().unwrap()
+                    && ev.kind == EventKind::ProcessExec
+                {
+                    let exe = ev.executable.map(str::to_owned);
+                    execs.lock().unwrap().push((ev.pid, ev.ppid, ev.user_id, exe));
+                }
+            }
+        })
+    };
+    let mut sh = Command::new("/bin/sh")
+        .args(["-c", "/bin/true; /bin/true; exit 0"])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id();
+    assert!(sh.wait().unwrap().success());
+    let children = || {
+        let execs = execs.lock().unwrap();
+        execs
+            .iter()
+            .filter(|e| e.1 == sh_pid)
+            .map(|(pid, _, uid, exe)| (*pid, *uid, exe.clone()))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && children().len() < 2 {
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let execs = children();
+    assert_eq!(execs.len(), 2, "the shell's two children: {execs:?}");
+    let uid = nix::unistd::getuid().as_raw();
+    for (pid, user_id, exe) in execs {
+        assert_eq!(user_id, Some(uid), "pid {pid}");
+        assert!(exe.is_some_and(|e| e.ends_with("/true")), "pid {pid}");
+    }
+}
+
 #[test]
 fn an_overflowing_buffer_is_reported_with_an_exact_count() {
-    if !privileged("an_overflowing_buffer_is_reported_with_an_exact_count") {
+    let Some(_one_at_a_time) = privileged("an_overflowing_buffer_is_reported_with_an_exact_count") else {
         return;
-    }
+    };
     let config = SourceConfig {
         connector: ConnectorConfig {
             recv_buffer_bytes: 4096,
@@ -226,9 +363,9 @@ fn drain(
 
 #[test]
 fn kernel_loss_counts_are_exact() {
-    if !privileged("kernel_loss_counts_are_exact") {
+    let Some(_one_at_a_time) = privileged("kernel_loss_counts_are_exact") else {
         return;
-    }
+    };
     // A large-buffer socket sees every message; a tiny one drops most. The tiny one's count of
     // lost messages must equal the messages the large one saw within the tiny one's sequence
     // ranges that the tiny one did not.

@@ -505,6 +505,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Batch>) {
+        give_way_to_live_work();
         let mut events: Vec<NewEvent> = Vec::with_capacity(COMMIT_EVENTS);
         let mut open = true;
         while open {
@@ -684,6 +685,9 @@ impl Writer {
                 self.pending_lost += n;
                 record_failure(&self.shared, events);
                 lock(&self.shared.status).error = Some(message);
+                if extend_to.is_some() {
+                    self.reserve_only(top + ID_BLOCK);
+                }
             }
         }
         if let Some(newest) = newest {
@@ -691,6 +695,34 @@ impl Writer {
         }
         self.shared.queued.fetch_sub(events.len(), Ordering::AcqRel);
         events.clear();
+    }
+
+    /// While events cannot be written, still moves the id reservation on, alone in a one-page
+    /// transaction: that usually succeeds on a full disk (the write-ahead log reuses the space
+    /// the failed commit had taken), so ingest goes on publishing, and what cannot be written
+    /// is counted as `store` loss instead of making ingest wait (and lose events uncounted by
+    /// the store, as `server_ingest`) once a block is used up. If the writer crashes before it
+    /// can write again, the next start records those ids as a `restart` gap, as for any crash.
+    fn reserve_only(&mut self, reserve_to: u64) {
+        let result = (|| -> rusqlite::Result<()> {
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            let tx = self.conn.unchecked_transaction()?;
+            set_meta(&tx, "reserved_until", reserve_to)?;
+            tx.commit()
+        })();
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        match result {
+            Ok(()) => {
+                self.reserved = reserve_to;
+                self.shared.reserved.store(reserve_to, Ordering::Release);
+            }
+            Err(e) => {
+                warn!(error = %e, "the store cannot extend its id reservation either; ingest waits for it")
+            }
+        }
     }
 
     /// Deletes the oldest events, a batch per transaction, until every limit holds, then
@@ -827,6 +859,34 @@ impl Writer {
         self.shared.durable_through.store(u64::MAX, Ordering::Release);
     }
 }
+
+/// How much the writer thread gives way on Linux: its nice value (0 to 19, higher gives more).
+#[cfg(target_os = "linux")]
+const WRITER_NICE: libc::c_int = 5;
+
+/// Lowers the calling thread (the writer) below ingest and the HTTP service: on two busy cores
+/// a commit (milliseconds of CPU) otherwise delays live streams behind it. `SCHED_BATCH` keeps
+/// the writer from preempting them when it wakes, and a nice value gives it a smaller share
+/// while they want the CPU. It still gets what they leave, and ingest waits for it (so it
+/// cannot starve) once it falls [`MAX_QUEUED`] events behind. Elsewhere (Windows) the writer
+/// runs at normal priority.
+#[cfg(target_os = "linux")]
+fn give_way_to_live_work() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread, and `param` is a valid `sched_param` that the
+    // call only reads.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "the store writer stays at normal scheduling");
+    }
+    // SAFETY: a plain system call; on Linux `PRIO_PROCESS` with 0 names the calling thread
+    // (nice values are per thread), so only the writer changes.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "the store writer keeps its nice value");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn give_way_to_live_work() {}
 
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))

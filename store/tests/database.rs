@@ -139,6 +139,31 @@ fn filters_match_the_api_meaning() {
     assert_eq!(ids(&db, &producer, Order::Ascending, 100), vec![3, 17]);
 }
 
+/// The full-text index keeps no positions, so it finds rows holding every trigram of `q` in
+/// any order: only those holding `q` itself may be served.
+#[test]
+fn q_matches_the_substring_not_its_scattered_trigrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("e.db"), KEEP_ALL).unwrap();
+    let texts = ["abcxbcd", "xabcdx", "bcdabc", "ab", "\"quoted\" abcd"];
+    let events = texts
+        .iter()
+        .zip(1..)
+        .map(|(text, id)| event(id, "process.exec", text))
+        .collect();
+    db.append(events, Ledger::default());
+    db.close();
+    let q = |q: &str| Filter {
+        q: Some(q.into()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(&db, &q("abcd"), Order::Ascending, 100), vec![2, 5]);
+    assert_eq!(ids(&db, &q("bcda"), Order::Ascending, 100), vec![3]);
+    assert_eq!(ids(&db, &q("\"quo"), Order::Ascending, 100), vec![5]);
+    assert_eq!(ids(&db, &q("ab"), Order::Ascending, 100), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ids(&db, &q("abcabc"), Order::Ascending, 100), Vec::<u64>::new());
+}
+
 #[test]
 fn retention_by_count_and_bytes_counts_evictions() {
     let dir = tempfile::tempdir().unwrap();

@@ -261,7 +261,11 @@ fn refuses_foreign_corrupt_newer_and_locked_files() {
         .pragma_update(None, "user_version", 99)
         .unwrap();
     let m = refusal(&newer);
-    assert!(m.contains("schema version 99") && m.contains("up to 1"), "{m}");
+    assert!(
+        m.contains("schema version 99")
+            && m.contains(&format!("up to {}", lpcmon_store::latest_schema_version())),
+        "{m}"
+    );
 
     let corrupt = dir.path().join("corrupt.db");
     let db = Database::open(&corrupt, KEEP_ALL).unwrap();
@@ -294,7 +298,16 @@ fn exports_ndjson_and_csv_while_open() {
     let path = dir.path().join("e.db");
     let db = Database::open(&path, KEEP_ALL).unwrap();
     fill(&db, 1..=5000);
-    std::thread::sleep(Duration::from_millis(300));
+    // Exported as soon as committed (the writer runs at a lower priority: wait, bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.status().newest_id != Some(5000) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not committed: {:?}",
+            db.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut out = Vec::new();
     let n = export(&path, 4990, &Filter::default(), ExportFormat::Ndjson, &mut out).unwrap();
     assert_eq!(n, 10);

@@ -304,6 +304,7 @@ impl Database {
             pending_lost: 0,
             last_age_check: None,
             failing: false,
+            reserve_failing: false,
         };
         // Apply the limits once now, in case they were lowered since the last run.
         writer.retain();
@@ -501,6 +502,8 @@ struct Writer {
     pending_lost: u64,
     last_age_check: Option<Instant>,
     failing: bool,
+    /// Set while a reservation-only commit fails too, so that is logged once.
+    reserve_failing: bool,
 }
 
 impl Writer {
@@ -716,12 +719,19 @@ impl Writer {
         let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         match result {
             Ok(()) => {
+                self.reserve_failing = false;
                 self.reserved = reserve_to;
                 self.shared.reserved.store(reserve_to, Ordering::Release);
             }
-            Err(e) => {
-                warn!(error = %e, "the store cannot extend its id reservation either; ingest waits for it")
+            Err(e) if !self.reserve_failing => {
+                self.reserve_failing = true;
+                warn!(
+                    error = %e,
+                    "the store cannot extend its id reservation either (no room at all); ingest \
+                     waits for it once the reserved ids are used up"
+                );
             }
+            Err(_) => {}
         }
     }
 

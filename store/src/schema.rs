@@ -63,7 +63,7 @@ CREATE TABLE totals (
 /// `read::filter_sql`). The index is rebuilt from `events.search` once, at upgrade.
 /// `secure-delete` removes a deleted row's entries from the index at once, instead of leaving
 /// delete markers until segments merge: retention frees the index's pages as it deletes, so
-/// the file stays within `--retain-bytes` (reading `events_fts` then needs SQLite 3.42).
+/// the file stays within `--retain-bytes` (SQLite 3.42 added the option).
 /// The `producer_kind` index goes: a handful of kinds, each usually most of the rows, so a
 /// scan by id finds a page as fast as the index, which cost a B-tree insert per event.
 const V3: &str = r#"

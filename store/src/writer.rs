@@ -131,6 +131,9 @@ struct Shared {
     reserved: AtomicU64,
     durable_through: Arc<AtomicU64>,
     queued: AtomicUsize,
+    /// How often, and for how many nanoseconds in all, ingest waited for the writer.
+    ingest_waits: AtomicU64,
+    ingest_wait_ns: AtomicU64,
     status: Mutex<DiskStatus>,
     failures: Mutex<BTreeMap<Arc<str>, u64>>,
 }
@@ -288,6 +291,8 @@ impl Database {
             reserved: AtomicU64::new(new_reserved),
             durable_through: Arc::new(AtomicU64::new(next_id - 1)),
             queued: AtomicUsize::new(0),
+            ingest_waits: AtomicU64::new(0),
+            ingest_wait_ns: AtomicU64::new(0),
             status: Mutex::new(status),
             failures: Mutex::new(BTreeMap::new()),
         });
@@ -353,6 +358,22 @@ impl Database {
     /// Events handed to the writer and not yet settled.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Records that ingest waited `waited` for the writer (for ids or for room in its queue).
+    pub fn note_ingest_wait(&self, waited: Duration) {
+        self.shared.ingest_waits.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.ingest_wait_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// How often, and how long in all, ingest has waited for the writer so far: tells a slow
+    /// stream that waits on the store from one that only competes with it for the CPU.
+    pub fn ingest_waits(&self) -> (u64, Duration) {
+        (
+            self.shared.ingest_waits.load(Ordering::Relaxed),
+            Duration::from_nanos(self.shared.ingest_wait_ns.load(Ordering::Relaxed)),
+        )
     }
 
     /// Each producer's accounting as the last run committed it.

@@ -204,6 +204,7 @@ impl DurableIngest {
             return;
         }
         self.flush(state);
+        let started = std::time::Instant::now();
         let mut waited = 0u32;
         while needed > self.db.reserved_until() || self.db.queued() >= MAX_QUEUED {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -217,6 +218,7 @@ impl DurableIngest {
                 );
             }
         }
+        self.db.note_ingest_wait(started.elapsed());
     }
 
     /// Hands the queued events and the accounting that covers them to the writer, and takes

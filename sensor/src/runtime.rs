@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use alpc_server::client::{PortConnection, PortError, connect_port};
 use lpcmon_protocol::ProducerKind;
+use lpcmon_protocol::message::{HELLO_MAX_LEN, Hello, Message};
 use lpcmon_protocol::producer::{
     self, ConnectFailure, EventSlot, ProducerIo, Worker, WorkerConfig, WorkerStats,
 };
@@ -85,7 +86,17 @@ struct PortIo<const N: usize> {
     stop: Arc<AtomicBool>,
     kernel_dropped: Arc<AtomicU64>,
     failures: u64,
+    /// The Hello of the last connect, to reconnect with when a send fails (see
+    /// [`PortIo::resend`]).
+    hello: Vec<u8>,
 }
+
+/// How long a failed event send keeps trying to reconnect and deliver the event before it is
+/// given up (and counted as `producer_send` loss): a server restart takes well under this.
+const RESEND_WITHIN: Duration = Duration::from_secs(30);
+/// First and longest pause between those reconnect attempts.
+const RESEND_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const RESEND_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 impl<const N: usize> ProducerIo for PortIo<N> {
     fn now(&mut self) -> u64 {
@@ -94,6 +105,8 @@ impl<const N: usize> ProducerIo for PortIo<N> {
 
     fn connect(&mut self, hello: &[u8], timeout_ns: u64) -> Result<usize, ConnectFailure> {
         self.conn = None;
+        self.hello.clear();
+        self.hello.extend_from_slice(hello);
         let port = self.config.port.to_string_lossy();
         match connect_port(&port, hello, Duration::from_nanos(timeout_ns)) {
             Ok(conn) => {
@@ -126,7 +139,7 @@ impl<const N: usize> ProducerIo for PortIo<N> {
             Err(e) => {
                 tracing::warn!(error = %e, "send to the lpcmon port failed; reconnecting");
                 self.conn = None;
-                false
+                self.resend(message)
             }
         }
     }
@@ -158,6 +171,81 @@ impl<const N: usize> ProducerIo for PortIo<N> {
 
     fn kernel_dropped(&mut self) -> u64 {
         self.kernel_dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl<const N: usize> PortIo<N> {
+    /// Delivers an event whose send failed because the connection went (the server stopped or
+    /// restarted) on a new connection, whose Hello announces the event's own sequence number:
+    /// the server expects exactly that event next, so a graceful server restart loses nothing.
+    ///
+    /// A failed send on a SEQPACKET socket or an ALPC port queued nothing, so the event cannot
+    /// arrive twice. Gives up, and the worker counts the event as `producer_send` loss as
+    /// before, when the message is not one whole event (a fragment cannot be resent alone),
+    /// the server refuses the Hello, [`RESEND_WITHIN`] passes, or a requested stop's grace
+    /// period runs out. While it tries, pushers keep filling the queue (a full queue is
+    /// counted), as while the worker is disconnected.
+    fn resend(&mut self, message: &[u8]) -> bool {
+        let Ok(Message::Event(event)) = Message::decode(message, usize::MAX) else {
+            return false;
+        };
+        let mut hello_buf = [0u8; HELLO_MAX_LEN];
+        let hello_len = match Message::decode(&self.hello, HELLO_MAX_LEN) {
+            Ok(Message::Hello(hello)) => {
+                let resume = Hello {
+                    next_seq: event.header.seq,
+                    ..hello
+                };
+                match resume.encode(&mut hello_buf) {
+                    Ok(len) => len,
+                    Err(_) => return false,
+                }
+            }
+            _ => return false,
+        };
+        let started = Instant::now();
+        let mut deadline = started + RESEND_WITHIN;
+        let mut stop_seen = false;
+        let mut backoff = RESEND_BACKOFF_MIN;
+        let port = self.config.port.to_string_lossy().into_owned();
+        loop {
+            if !stop_seen && self.stop.load(Ordering::Acquire) {
+                stop_seen = true;
+                deadline = deadline.min(Instant::now() + self.config.stop_grace);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    seq = event.header.seq,
+                    "could not deliver an event after the connection to the lpcmon port was \
+                     lost; it is reported as producer_send loss"
+                );
+                return false;
+            }
+            let timeout = Duration::from_nanos(WorkerConfig::DEFAULT_CONNECT_TIMEOUT_NS).min(deadline - now);
+            match connect_port(&port, &hello_buf[..hello_len], timeout) {
+                Ok(mut conn) if conn.max_message() >= message.len() => match conn.send(message) {
+                    Ok(()) => {
+                        tracing::info!(
+                            seq = event.header.seq,
+                            after_ms = started.elapsed().as_millis() as u64,
+                            "reconnected to the lpcmon port and delivered the event whose send had failed"
+                        );
+                        self.conn = Some(conn);
+                        self.failures = 0;
+                        return true;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "resend failed; retrying"),
+                },
+                Ok(_) => return false,
+                Err(PortError::Refused { .. }) => return false,
+                Err(e) => tracing::debug!(error = %e, "reconnect for a resend failed; retrying"),
+            }
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            // A sleep, not a park: pushers unpark this thread on every event.
+            std::thread::sleep(pause);
+            backoff = (backoff * 2).min(RESEND_BACKOFF_MAX);
+        }
     }
 }
 
@@ -204,6 +292,7 @@ impl<const N: usize> Producer<N> {
             stop: stop.clone(),
             kernel_dropped: kernel_dropped.clone(),
             failures: 0,
+            hello: Vec::with_capacity(HELLO_MAX_LEN),
         };
         let join = std::thread::Builder::new()
             .name(format!("lpcmon-{}-worker", config.kind.name()))

@@ -110,13 +110,36 @@ fn filter_sql(filter: &Filter, sql: &mut String, values: &mut Vec<Value>) {
     if let Some(q) = &filter.q {
         // The trigram index finds candidates for three characters or more; `instr` keeps the
         // exact meaning (a substring of the lowercased text), and alone serves shorter ones.
-        if q.chars().count() >= 3 {
+        if let Some(all_trigrams) = trigram_match(q) {
             sql.push_str(" AND e.id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)");
-            values.push(Value::Text(format!("\"{}\"", q.replace('"', "\"\""))));
+            values.push(Value::Text(all_trigrams));
         }
         sql.push_str(" AND instr(e.search, ?) > 0");
         values.push(Value::Text(q.clone()));
     }
+}
+
+/// An FTS5 query for the rows holding every trigram of `q` (`None` under three characters).
+/// The index keeps no positions (`detail = none`), so it cannot match the substring as a
+/// phrase: this finds a superset (the trigrams in any order), which `instr` then narrows to
+/// the exact matches.
+fn trigram_match(q: &str) -> Option<String> {
+    let chars: Vec<char> = q.chars().collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut expr = String::new();
+    for window in chars.windows(3) {
+        let trigram: String = window.iter().collect();
+        if !seen.insert(trigram.clone()) {
+            continue;
+        }
+        if !expr.is_empty() {
+            expr.push_str(" AND ");
+        }
+        expr.push('"');
+        expr.push_str(&trigram.replace('"', "\"\""));
+        expr.push('"');
+    }
+    (!expr.is_empty()).then_some(expr)
 }
 
 pub(crate) fn page(conn: &Connection, query: &PageQuery<'_>) -> Result<Vec<EventRow>, StoreError> {

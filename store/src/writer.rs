@@ -131,6 +131,9 @@ struct Shared {
     reserved: AtomicU64,
     durable_through: Arc<AtomicU64>,
     queued: AtomicUsize,
+    /// How often, and for how many nanoseconds in all, ingest waited for the writer.
+    ingest_waits: AtomicU64,
+    ingest_wait_ns: AtomicU64,
     status: Mutex<DiskStatus>,
     failures: Mutex<BTreeMap<Arc<str>, u64>>,
 }
@@ -288,6 +291,8 @@ impl Database {
             reserved: AtomicU64::new(new_reserved),
             durable_through: Arc::new(AtomicU64::new(next_id - 1)),
             queued: AtomicUsize::new(0),
+            ingest_waits: AtomicU64::new(0),
+            ingest_wait_ns: AtomicU64::new(0),
             status: Mutex::new(status),
             failures: Mutex::new(BTreeMap::new()),
         });
@@ -304,6 +309,7 @@ impl Database {
             pending_lost: 0,
             last_age_check: None,
             failing: false,
+            reserve_failing: false,
         };
         // Apply the limits once now, in case they were lowered since the last run.
         writer.retain();
@@ -352,6 +358,22 @@ impl Database {
     /// Events handed to the writer and not yet settled.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// Records that ingest waited `waited` for the writer (for ids or for room in its queue).
+    pub fn note_ingest_wait(&self, waited: Duration) {
+        self.shared.ingest_waits.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.ingest_wait_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// How often, and how long in all, ingest has waited for the writer so far: tells a slow
+    /// stream that waits on the store from one that only competes with it for the CPU.
+    pub fn ingest_waits(&self) -> (u64, Duration) {
+        (
+            self.shared.ingest_waits.load(Ordering::Relaxed),
+            Duration::from_nanos(self.shared.ingest_wait_ns.load(Ordering::Relaxed)),
+        )
     }
 
     /// Each producer's accounting as the last run committed it.
@@ -501,10 +523,13 @@ struct Writer {
     pending_lost: u64,
     last_age_check: Option<Instant>,
     failing: bool,
+    /// Set while a reservation-only commit fails too, so that is logged once.
+    reserve_failing: bool,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Batch>) {
+        give_way_to_live_work();
         let mut events: Vec<NewEvent> = Vec::with_capacity(COMMIT_EVENTS);
         let mut open = true;
         while open {
@@ -684,6 +709,9 @@ impl Writer {
                 self.pending_lost += n;
                 record_failure(&self.shared, events);
                 lock(&self.shared.status).error = Some(message);
+                if extend_to.is_some() {
+                    self.reserve_only(top + ID_BLOCK);
+                }
             }
         }
         if let Some(newest) = newest {
@@ -691,6 +719,41 @@ impl Writer {
         }
         self.shared.queued.fetch_sub(events.len(), Ordering::AcqRel);
         events.clear();
+    }
+
+    /// While events cannot be written, still moves the id reservation on, alone in a one-page
+    /// transaction: that usually succeeds on a full disk (the write-ahead log reuses the space
+    /// the failed commit had taken), so ingest goes on publishing, and what cannot be written
+    /// is counted as `store` loss instead of making ingest wait (and lose events uncounted by
+    /// the store, as `server_ingest`) once a block is used up. If the writer crashes before it
+    /// can write again, the next start records those ids as a `restart` gap, as for any crash.
+    fn reserve_only(&mut self, reserve_to: u64) {
+        let result = (|| -> rusqlite::Result<()> {
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            let tx = self.conn.unchecked_transaction()?;
+            set_meta(&tx, "reserved_until", reserve_to)?;
+            tx.commit()
+        })();
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        match result {
+            Ok(()) => {
+                self.reserve_failing = false;
+                self.reserved = reserve_to;
+                self.shared.reserved.store(reserve_to, Ordering::Release);
+            }
+            Err(e) if !self.reserve_failing => {
+                self.reserve_failing = true;
+                warn!(
+                    error = %e,
+                    "the store cannot extend its id reservation either (no room at all); ingest \
+                     waits for it once the reserved ids are used up"
+                );
+            }
+            Err(_) => {}
+        }
     }
 
     /// Deletes the oldest events, a batch per transaction, until every limit holds, then
@@ -827,6 +890,34 @@ impl Writer {
         self.shared.durable_through.store(u64::MAX, Ordering::Release);
     }
 }
+
+/// How much the writer thread gives way on Linux: its nice value (0 to 19, higher gives more).
+#[cfg(target_os = "linux")]
+const WRITER_NICE: libc::c_int = 5;
+
+/// Lowers the calling thread (the writer) below ingest and the HTTP service: on two busy cores
+/// a commit (milliseconds of CPU) otherwise delays live streams behind it. `SCHED_BATCH` keeps
+/// the writer from preempting them when it wakes, and a nice value gives it a smaller share
+/// while they want the CPU. It still gets what they leave, and ingest waits for it (so it
+/// cannot starve) once it falls [`MAX_QUEUED`] events behind. Elsewhere (Windows) the writer
+/// runs at normal priority.
+#[cfg(target_os = "linux")]
+fn give_way_to_live_work() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread, and `param` is a valid `sched_param` that the
+    // call only reads.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "the store writer stays at normal scheduling");
+    }
+    // SAFETY: a plain system call; on Linux `PRIO_PROCESS` with 0 names the calling thread
+    // (nice values are per thread), so only the writer changes.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "the store writer keeps its nice value");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn give_way_to_live_work() {}
 
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))

@@ -139,6 +139,31 @@ fn filters_match_the_api_meaning() {
     assert_eq!(ids(&db, &producer, Order::Ascending, 100), vec![3, 17]);
 }
 
+/// The full-text index keeps no positions, so it finds rows holding every trigram of `q` in
+/// any order: only those holding `q` itself may be served.
+#[test]
+fn q_matches_the_substring_not_its_scattered_trigrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&dir.path().join("e.db"), KEEP_ALL).unwrap();
+    let texts = ["abcxbcd", "xabcdx", "bcdabc", "ab", "\"quoted\" abcd"];
+    let events = texts
+        .iter()
+        .zip(1..)
+        .map(|(text, id)| event(id, "process.exec", text))
+        .collect();
+    db.append(events, Ledger::default());
+    db.close();
+    let q = |q: &str| Filter {
+        q: Some(q.into()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(&db, &q("abcd"), Order::Ascending, 100), vec![2, 5]);
+    assert_eq!(ids(&db, &q("bcda"), Order::Ascending, 100), vec![3]);
+    assert_eq!(ids(&db, &q("\"quo"), Order::Ascending, 100), vec![5]);
+    assert_eq!(ids(&db, &q("ab"), Order::Ascending, 100), vec![1, 2, 3, 4, 5]);
+    assert_eq!(ids(&db, &q("abcabc"), Order::Ascending, 100), Vec::<u64>::new());
+}
+
 #[test]
 fn retention_by_count_and_bytes_counts_evictions() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,7 +261,11 @@ fn refuses_foreign_corrupt_newer_and_locked_files() {
         .pragma_update(None, "user_version", 99)
         .unwrap();
     let m = refusal(&newer);
-    assert!(m.contains("schema version 99") && m.contains("up to 1"), "{m}");
+    assert!(
+        m.contains("schema version 99")
+            && m.contains(&format!("up to {}", lpcmon_store::latest_schema_version())),
+        "{m}"
+    );
 
     let corrupt = dir.path().join("corrupt.db");
     let db = Database::open(&corrupt, KEEP_ALL).unwrap();
@@ -269,7 +298,16 @@ fn exports_ndjson_and_csv_while_open() {
     let path = dir.path().join("e.db");
     let db = Database::open(&path, KEEP_ALL).unwrap();
     fill(&db, 1..=5000);
-    std::thread::sleep(Duration::from_millis(300));
+    // Exported as soon as committed (the writer runs at a lower priority: wait, bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.status().newest_id != Some(5000) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not committed: {:?}",
+            db.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut out = Vec::new();
     let n = export(&path, 4990, &Filter::default(), ExportFormat::Ndjson, &mut out).unwrap();
     assert_eq!(n, 10);

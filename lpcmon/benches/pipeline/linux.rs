@@ -524,6 +524,12 @@ fn durable_rows(table: &mut Table, d: &DurableView, mem_between: Memory) {
         format!("{} / {}, {} ({})", l.hist.len(), l.expected, l.gaps, l.missed),
         format!("{} ev/s, {SSE_CLIENTS} clients", fmt_int(LAT_RATE as f64)),
     );
+    let (waits, waited) = d.store.latency_waits;
+    table.row(
+        "  ingest waits for the writer, latency run",
+        format!("{waits} waits, {:.1} ms in all", ms(waited)),
+        "0: streams only compete with the writer for CPU".into(),
+    );
     table.row(
         "  database bytes per event",
         format!("{:.0} B", d.bytes_per_event()),
@@ -586,6 +592,8 @@ fn write_json(path: &Path, figures: &Figures) -> Result<(), String> {
         "durable_commit_p99_us": durable.map(|d| d.store.commit.p99.as_secs_f64() * 1e6),
         "durable_sse_p50_us": durable.map(|d| us(d.latency.hist.value_at_quantile(0.50))),
         "durable_sse_p99_us": durable.map(|d| us(d.latency.hist.value_at_quantile(0.99))),
+        "durable_latency_ingest_waits": durable.map(|d| d.store.latency_waits.0),
+        "durable_latency_ingest_wait_ms": durable.map(|d| d.store.latency_waits.1.as_secs_f64() * 1e3),
         "db_bytes_per_event": durable.map(DurableView::bytes_per_event),
     });
     let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
@@ -669,6 +677,8 @@ struct DurableFigures {
     commit: CommitLatency,
     events: u64,
     bytes: u64,
+    /// How often, and how long in all, ingest waited for the writer during the latency run.
+    latency_waits: (u64, Duration),
 }
 
 /// The median burst rate of a pass, if it ran bursts.
@@ -780,9 +790,17 @@ async fn run_server_phases(
         }
         let flood_seconds = flood_start.elapsed().as_secs_f64();
         let mem_after_flood = pass.flood.is_some().then(memory);
+        let waits_before = database.as_ref().map(|db| db.ingest_waits());
         let latency = match pass.latency {
             true => Some(latency_run(&http, &base, &port_path, client_rt).await?),
             false => None,
+        };
+        let latency_waits = match (&database, waits_before) {
+            (Some(db), Some((n, t))) => {
+                let (n_end, t_end) = db.ingest_waits();
+                (n_end - n, t_end.saturating_sub(t))
+            }
+            _ => (0, Duration::ZERO),
         };
         let fanout = match pass.fanout {
             true => Some(fanout::run(&http, &base, &port_path, client_rt).await?),
@@ -808,6 +826,7 @@ async fn run_server_phases(
                     commit: db.commit_latency(),
                     events: status.events,
                     bytes: status.bytes,
+                    latency_waits,
                 }
             }),
         })

@@ -15,7 +15,7 @@ use std::time::Instant;
 use lpcmon_protocol::PortMessage;
 use lpcmon_protocol::RefuseReason;
 use lpcmon_protocol::server::{
-    Action, ConnId, IngestGate, IngestSink, Output, RestoredInstance, Server, ServerConfig,
+    Action, ConnId, IngestBudget, IngestGate, IngestSink, Output, RestoredInstance, Server, ServerConfig,
 };
 use tokio::sync::mpsc;
 
@@ -47,12 +47,27 @@ pub struct Dispatcher {
     counters: Arc<PortCounters>,
 }
 
-/// The tokio channel as the gate's sink.
-struct ChannelSink(IngestSender);
+/// The tokio channel as the gate's sink, bounded by bytes too when it has a budget.
+struct ChannelSink {
+    tx: IngestSender,
+    budget: Option<Arc<IngestBudget>>,
+}
 
 impl IngestSink for &ChannelSink {
     fn try_send(&mut self, output: Output) -> Result<(), Output> {
-        self.0.try_send(output).map_err(|e| e.into_inner())
+        let Some(budget) = &self.budget else {
+            return self.tx.try_send(output).map_err(|e| e.into_inner());
+        };
+        // Taken before the send so the receiver, which gives back on receipt, never gives
+        // back bytes not yet taken.
+        let bytes = output.channel_bytes();
+        if !budget.try_take(bytes) {
+            return Err(output);
+        }
+        self.tx.try_send(output).map_err(|e| {
+            budget.give_back(bytes);
+            e.into_inner()
+        })
     }
 }
 
@@ -67,11 +82,23 @@ impl Dispatcher {
                 gate: IngestGate::default(),
                 scratch: Vec::new(),
             }),
-            ingest: ChannelSink(ingest),
+            ingest: ChannelSink {
+                tx: ingest,
+                budget: None,
+            },
             origin: Instant::now(),
             next_conn: AtomicU64::new(1),
             counters: Arc::new(PortCounters::default()),
         }
+    }
+
+    /// Bounds the ingest channel by what its outputs hold, too: an output that does not fit
+    /// in `budget` is refused as a full channel refuses it (an event is counted as
+    /// `server_ingest` loss). The receiver gives the bytes back as it takes outputs out
+    /// (`lpcmon_api` does, with `AppState::ingest_budget`).
+    pub fn with_ingest_budget(mut self, budget: Arc<IngestBudget>) -> Self {
+        self.ingest.budget = Some(budget);
+        self
     }
 
     /// Seeds producer instances' sequence state from the durable store before any producer
@@ -115,6 +142,31 @@ impl Dispatcher {
         self.forward(&mut inner, &mut outputs);
         inner.scratch = outputs;
         action
+    }
+
+    /// Runs datagrams of one established connection through the protocol in order, under one
+    /// lock, and forwards what they produced: what [`Self::handle`] does for each, without a
+    /// lock and a forward per datagram. A datagram's action is always [`Action::None`].
+    pub fn handle_datagrams<'a>(
+        &self,
+        conn: ConnId,
+        datagrams: impl IntoIterator<Item = (PortMessage, &'a [u8])>,
+    ) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let mut outputs = std::mem::take(&mut inner.scratch);
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        for (header, data) in datagrams {
+            debug_assert_eq!(header.kind(), lpcmon_protocol::lpc::DATAGRAM);
+            messages += 1;
+            bytes += data.len() as u64;
+            let action = inner.server.handle(now, conn, &header, data, &mut outputs);
+            debug_assert_eq!(action, Action::None);
+        }
+        self.counters.messages.fetch_add(messages, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.forward(&mut inner, &mut outputs);
+        inner.scratch = outputs;
     }
 
     /// A peer refused before any handshake: counted, logged, and reported downstream.

@@ -7,8 +7,14 @@ use std::time::Duration;
 pub struct ApiConfig {
     /// Most events the store keeps.
     pub retain: usize,
-    /// Most bytes the store keeps (each event's JSON, search text and slot).
+    /// Most bytes the store keeps: the heap blocks of each event (its JSON, search text and
+    /// the event itself), its slot, and what waits in the ingest channel.
     pub retain_bytes: usize,
+    /// Most bytes the outputs waiting in the ingest channel may hold, when the port's
+    /// dispatcher is given [`crate::AppState::ingest_budget`]; `None`: an eighth of
+    /// `retain_bytes`. Past it, events are dropped and counted as `server_ingest` loss. What
+    /// waits is counted against `retain_bytes`, so the store makes room for it.
+    pub ingest_bytes: Option<usize>,
     /// When set, every route but `/healthz` and the static dashboard needs
     /// `Authorization: Bearer <token>`; `/events/stream` also takes `?token=`.
     pub token: Option<String>,
@@ -42,6 +48,7 @@ impl Default for ApiConfig {
         ApiConfig {
             retain: 100_000,
             retain_bytes: 64 * 1024 * 1024,
+            ingest_bytes: None,
             token: None,
             keepalive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(2),

@@ -23,6 +23,9 @@ use crate::state::AppState;
 use crate::store::StoredEvent;
 use crate::timefmt::now_ns;
 
+mod count;
+use count::count;
+
 /// Most outputs taken from the channel at once.
 const INGEST_BATCH: usize = 256;
 
@@ -62,22 +65,25 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
         malformed_log: LogLimit::new(),
         refused_log: LogLimit::new(),
         loss_log: LogLimit::new(),
+        records: Vec::with_capacity(INGEST_BATCH),
+        stored: Vec::with_capacity(INGEST_BATCH),
+        encode_errors: 0,
     };
     // Take whatever is waiting in one go: one wake-up per batch instead of per event.
     let mut batch = Vec::with_capacity(INGEST_BATCH);
+    let budget = ingest.state.ingest_budget();
     while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
+        // Out of the channel: what these outputs hold is no longer its backlog. (When the
+        // dispatcher was given no budget, nothing was taken and nothing is given back.)
+        let taken: usize = batch.iter().map(Output::channel_bytes).sum();
+        budget.give_back(taken.min(budget.used()));
         if let Some(durable) = &mut ingest.durable {
             // Each output stores at most one event.
             durable
                 .make_room(&ingest.state, ingest.next_id, batch.len())
                 .await;
         }
-        for output in batch.drain(..) {
-            if let Some(durable) = &mut ingest.durable {
-                durable.note(&output);
-            }
-            ingest.handle(output);
-        }
+        ingest.handle_batch(&mut batch);
         if let Some(durable) = &mut ingest.durable {
             durable.flush(&ingest.state);
         }
@@ -128,25 +134,89 @@ struct Ingest {
     malformed_log: LogLimit,
     refused_log: LogLimit,
     loss_log: LogLimit,
+    /// Per batch, reused: each output's record, if it stores one.
+    records: Vec<Option<Encoded>>,
+    /// Per batch, reused: the events to append and publish.
+    stored: Vec<Arc<StoredEvent>>,
+    /// Per batch: records that could not be encoded.
+    encode_errors: u64,
+}
+
+/// An output's record, encoded under the id it will be stored with.
+struct Encoded {
+    id: u64,
+    record: Record,
+    producer: Arc<ProducerInfo>,
 }
 
 impl Ingest {
-    fn handle(&mut self, output: Output) {
+    /// Handles a batch of outputs in order, and empties it. Each lock is taken once per batch,
+    /// not per event: first the JSON is written with no lock held, then every counter is
+    /// updated under one stats lock, then every event is appended under one store lock and
+    /// published. Counters are updated before the events become visible, so a reader that
+    /// sees an event also sees it counted. The batch shares one receipt time (`received`):
+    /// it was taken from the channel at once.
+    fn handle_batch(&mut self, batch: &mut Vec<Output>) {
         let now = now_ns();
         let second = self.state.uptime_seconds();
-        match output {
-            Output::Event {
-                producer,
-                event,
-                transport,
-            } => {
-                self.state
-                    .stats()
-                    .on_event(&producer, event.header.seq, transport.bytes, now);
-                self.store(&producer, now, |id| {
-                    json::event(id, now, &producer, &event, &transport)
-                });
+        self.records.clear();
+        for output in batch.iter() {
+            self.log(output);
+            let encoded = self.encode(output, now);
+            self.records.push(encoded);
+        }
+        {
+            let mut stats = self.state.stats();
+            for (output, encoded) in batch.iter().zip(&self.records) {
+                count(&mut stats, output, second, now);
+                if let Some(e) = encoded {
+                    stats.on_stored(e.record.kind, second);
+                }
             }
+            for _ in 0..std::mem::take(&mut self.encode_errors) {
+                stats.on_encode_error();
+            }
+        }
+        let mut records = self.records.drain(..);
+        for output in batch.drain(..) {
+            if let Some(durable) = &mut self.durable {
+                durable.note(&output);
+            }
+            let Some(Some(Encoded { id, record, producer })) = records.next() else {
+                continue;
+            };
+            let event = Arc::new(StoredEvent {
+                id,
+                kind: record.kind,
+                pid: record.pid,
+                producer,
+                search: record.search.into(),
+                json: Arc::from(record.json),
+            });
+            if let Some(durable) = &mut self.durable {
+                durable.push(&event, now);
+            }
+            self.stored.push(event);
+        }
+        drop(records);
+        if self.stored.is_empty() {
+            return;
+        }
+        {
+            let mut store = self.state.store_mut();
+            for event in &self.stored {
+                store.push(event.clone());
+            }
+        }
+        for event in self.stored.drain(..) {
+            self.state.publish(event);
+        }
+    }
+
+    /// Logs what deserves a line: connections, losses, bad input (rate-limited).
+    fn log(&mut self, output: &Output) {
+        match output {
+            Output::Event { .. } => {}
             Output::Loss { producer, loss } => {
                 if let Some(suppressed) = self.loss_log.allow() {
                     warn!(
@@ -156,28 +226,21 @@ impl Ingest {
                         "events lost"
                     );
                 }
-                self.state.stats().on_loss(&producer, &loss, second, now);
-                self.store(&producer, now, |id| json::loss(id, now, &producer, &loss));
             }
             Output::Connected(producer) => {
                 info!(
                     producer = %producer.instance_hex, kind = producer.kind.name(),
                     os = %producer.os, client_pid = producer.client_pid, "producer connected"
                 );
-                self.state.stats().on_connect(&producer, now);
-                self.store(&producer, now, |id| json::connect(id, now, &producer));
             }
             Output::Disconnected { producer, reason } => {
                 info!(
                     producer = %producer.instance_hex, kind = producer.kind.name(), reason,
                     "producer disconnected"
                 );
-                self.state.stats().on_disconnect(&producer, reason, now);
-                self.store(&producer, now, |id| json::disconnect(id, now, &producer, reason));
             }
             Output::Heartbeat { producer, heartbeat } => {
                 trace!(producer = %producer.instance_hex, ?heartbeat, "heartbeat");
-                self.state.stats().on_heartbeat(&producer, &heartbeat, now);
             }
             Output::Stale {
                 producer,
@@ -185,7 +248,6 @@ impl Ingest {
                 duplicate,
             } => {
                 debug!(producer = %producer.instance_hex, seq, duplicate, "stale message");
-                self.state.stats().on_stale(&producer, duplicate, now);
             }
             Output::Malformed {
                 producer,
@@ -198,7 +260,6 @@ impl Ingest {
                         client_pid, %error, suppressed, "malformed message"
                     );
                 }
-                self.state.stats().on_malformed(producer.as_ref(), now);
             }
             Output::Refused {
                 client_pid,
@@ -208,47 +269,46 @@ impl Ingest {
                 if let Some(suppressed) = self.refused_log.allow() {
                     warn!(client_pid, reason = reason.name(), %detail, suppressed, "connection refused");
                 }
-                self.state.stats().on_refused(reason);
             }
         }
     }
 
-    /// Stores one record under the next id and publishes it. Stats are updated before the
-    /// event becomes visible, so a reader that sees the event also sees it counted.
-    fn store(
-        &mut self,
-        producer: &Arc<ProducerInfo>,
-        now: u64,
-        build: impl FnOnce(u64) -> Result<Record, serde_json::Error>,
-    ) {
+    /// The record an output stores, under the next id; `None` for outputs only counted, and
+    /// for the (never seen) case of an event that cannot be serialised: its id is not used, so
+    /// ids stay dense, and the failure is logged here and counted by the caller.
+    fn encode(&mut self, output: &Output, now: u64) -> Option<Encoded> {
         let id = self.next_id;
-        let record = match build(id) {
-            Ok(record) => record,
-            Err(e) => {
-                // Serialising structs of strings and integers cannot fail; if it ever does,
-                // the id is not used (ids stay dense) and the failure is counted and logged.
-                error!(producer = %producer.instance_hex, error = %e, "could not encode an event");
-                self.state.stats().on_encode_error();
-                return;
+        let (producer, result) = match output {
+            Output::Event {
+                producer,
+                event,
+                transport,
+            } => (producer, json::event(id, now, producer, event, transport)),
+            Output::Loss { producer, loss } => (producer, json::loss(id, now, producer, loss)),
+            Output::Connected(producer) => (producer, json::connect(id, now, producer)),
+            Output::Disconnected { producer, reason } => {
+                (producer, json::disconnect(id, now, producer, reason))
             }
+            Output::Heartbeat { .. }
+            | Output::Stale { .. }
+            | Output::Malformed { .. }
+            | Output::Refused { .. } => return None,
         };
-        self.state
-            .stats()
-            .on_stored(record.kind, self.state.uptime_seconds());
-        let event = Arc::new(StoredEvent {
-            id,
-            kind: record.kind,
-            pid: record.pid,
-            producer: producer.clone(),
-            search: record.search.into(),
-            json: Arc::from(record.json),
-        });
-        if let Some(durable) = &mut self.durable {
-            durable.push(&event, now);
+        match result {
+            Ok(record) => {
+                self.next_id += 1;
+                Some(Encoded {
+                    id,
+                    record,
+                    producer: producer.clone(),
+                })
+            }
+            Err(e) => {
+                error!(producer = %producer.instance_hex, error = %e, "could not encode an event");
+                self.encode_errors += 1;
+                None
+            }
         }
-        self.state.store_mut().push(event.clone());
-        self.next_id += 1;
-        self.state.publish(event);
     }
 }
 

@@ -197,12 +197,21 @@ fn original_len(event: &Event, ty: FieldType) -> Option<u32> {
 }
 
 fn search_text(parts: &[Option<&str>]) -> String {
-    let mut s = String::new();
+    // One allocation: paths and command lines are nearly always ASCII, lowercased in place;
+    // anything else goes through the full Unicode mapping.
+    let len = parts.iter().flatten().map(|p| p.len() + 1).sum();
+    let mut s = String::with_capacity(len);
     for part in parts.iter().flatten() {
         if !s.is_empty() {
             s.push('\n');
         }
-        s.push_str(&part.to_lowercase());
+        if part.is_ascii() {
+            let start = s.len();
+            s.push_str(part);
+            s[start..].make_ascii_lowercase();
+        } else {
+            s.push_str(&part.to_lowercase());
+        }
     }
     s
 }
@@ -381,6 +390,15 @@ pub fn page(page: &Page) -> Result<String, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_text_lowercases_ascii_and_unicode_alike() {
+        assert_eq!(
+            search_text(&[Some("/Usr/BIN/Ärger"), None, Some("CMD --X"), Some("")]),
+            "/usr/bin/ärger\ncmd --x\n"
+        );
+        assert_eq!(search_text(&[None, None]), "");
+    }
     use crate::store::StoredEvent;
     use lpcmon_protocol::event::{EventHeader, EventKind, Field, FieldValue};
     use lpcmon_protocol::message::{LossStage, ProducerKind};

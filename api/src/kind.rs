@@ -26,6 +26,20 @@ impl Kind {
         ])
     }
 
+    /// How many kinds there are: the length of an array of per-kind counters.
+    pub const COUNT: usize = EventKind::ALL.len() + 3;
+
+    /// This kind's position in [`Kind::all`]: the slot of its counter in a per-kind array, so
+    /// counting a stored event is an index, not a lookup by name.
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Event(k) => k.index(),
+            Kind::Loss => EventKind::ALL.len(),
+            Kind::ProducerConnect => EventKind::ALL.len() + 1,
+            Kind::ProducerDisconnect => EventKind::ALL.len() + 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Event(k) => k.name(),
@@ -55,5 +69,9 @@ mod tests {
         dedup.dedup();
         assert_eq!(dedup.len(), names.len());
         assert_eq!(Kind::parse("nope"), None);
+        for (i, k) in Kind::all().enumerate() {
+            assert_eq!(k.index(), i, "{}", k.name());
+        }
+        assert_eq!(Kind::all().count(), Kind::COUNT);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use lpcmon_protocol::server::IngestBudget;
 use lpcmon_store::Database;
 use tokio::sync::{broadcast, watch};
 
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     /// The durable store behind the in-memory tail, unless running with `--store memory`.
     pub database: Option<Arc<Database>>,
     pub stats: Mutex<Stats>,
+    /// What the outputs waiting in the ingest channel hold, in bytes.
+    pub ingest_budget: Arc<IngestBudget>,
     /// New events, for live SSE streams. Bounded: a slow receiver lags instead of holding
     /// the sender back.
     pub live: broadcast::Sender<Live>,
@@ -113,17 +116,22 @@ impl AppState {
     fn build(config: ApiConfig, database: Option<Arc<Database>>) -> Self {
         let (live, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let mut stats = Stats::new(config.max_producers);
+        let ingest_budget = Arc::new(IngestBudget::new(
+            config.ingest_bytes.unwrap_or(config.retain_bytes / 8),
+        ));
         let store = match &database {
             Some(db) => {
                 crate::durable::restore_stats(db, &mut stats);
                 Store::tail(config.retain, config.retain_bytes, db.durable_through())
             }
             None => Store::new(config.retain, config.retain_bytes),
-        };
+        }
+        .counting_backlog(ingest_budget.clone());
         AppState(Arc::new(Shared {
             store: RwLock::new(store),
             database,
             stats: Mutex::new(stats),
+            ingest_budget,
             live,
             sse: SseCounters::default(),
             closing: watch::Sender::new(false),
@@ -165,6 +173,13 @@ impl AppState {
 
     pub(crate) fn notices(&self) -> Vec<String> {
         read(&self.0.notices).clone()
+    }
+
+    /// The ingest channel's byte budget. Give it to the port's dispatcher
+    /// (`Dispatcher::with_ingest_budget`) and the channel is bounded by what its outputs hold
+    /// ([`ApiConfig::ingest_bytes`]); the ingest task gives their bytes back as it takes them.
+    pub fn ingest_budget(&self) -> Arc<IngestBudget> {
+        self.0.ingest_budget.clone()
     }
 
     /// The durable store, if there is one.

@@ -1,8 +1,12 @@
 //! Counters the ingest task keeps: per producer, by kind, by loss stage, refusals, rates.
 //!
 //! Only the ingest task writes them; `/stats` and `/metrics` render the same [`Counters`]
-//! report, so the two never disagree. Every map is zero-filled with all known keys so the
-//! shape of the report does not depend on what has happened yet.
+//! report, so the two never disagree. Every map in the report is zero-filled with all known
+//! keys so the shape of the report does not depend on what has happened yet.
+//!
+//! Counting runs once or twice per ingested event, so the counters themselves are arrays
+//! indexed by kind, stage and reason (`index()`); the name-keyed maps are built only when a
+//! report is asked for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,15 +21,14 @@ use crate::timefmt::rfc3339_ns;
 mod saved;
 pub use saved::{SavedRecord, producer_kind};
 
-const REFUSE_REASONS: [RefuseReason; 7] = [
-    RefuseReason::UnsupportedVersion,
-    RefuseReason::Unauthorised,
-    RefuseReason::Malformed,
-    RefuseReason::TooManyProducers,
-    RefuseReason::AlreadyConnected,
-    RefuseReason::ShuttingDown,
-    RefuseReason::HandshakeTimeout,
-];
+/// Counters by loss stage, indexed by `LossStage::index`.
+type StageCounts = [u64; LossStage::ALL.len()];
+/// Counters by stored-event kind, indexed by `Kind::index`.
+type KindCounts = [u64; Kind::COUNT];
+/// Refusals by reason, indexed by `RefuseReason::index`.
+type RefusedCounts = [u64; RefuseReason::ALL.len()];
+/// Totals by producer kind, indexed by `ProducerKind::index`.
+type ProducerKindTotals = [KindTotals; PRODUCER_KINDS.len()];
 
 /// Seconds over which `/stats` averages its rates.
 pub const RATE_WINDOW_SECONDS: u64 = 10;
@@ -36,12 +39,25 @@ fn saturating_add(counter: &mut u64, n: u64) {
     *counter = counter.saturating_add(n);
 }
 
-fn zeroed<K: Ord>(keys: impl Iterator<Item = K>) -> BTreeMap<K, u64> {
-    keys.map(|k| (k, 0)).collect()
+/// A counter array as the report shows it: one entry per name, zeros included.
+fn named<T: Copy>(names: impl Iterator<Item = &'static str>, values: &[T]) -> BTreeMap<&'static str, T> {
+    names.zip(values.iter().copied()).collect()
 }
 
-fn stage_map() -> BTreeMap<&'static str, u64> {
-    zeroed(LossStage::ALL.into_iter().map(LossStage::name))
+fn stage_map(counts: &StageCounts) -> BTreeMap<&'static str, u64> {
+    named(LossStage::ALL.into_iter().map(LossStage::name), counts)
+}
+
+fn kind_map(counts: &KindCounts) -> BTreeMap<&'static str, u64> {
+    named(Kind::all().map(Kind::name), counts)
+}
+
+fn refused_map(counts: &RefusedCounts) -> BTreeMap<&'static str, u64> {
+    named(RefuseReason::ALL.into_iter().map(RefuseReason::name), counts)
+}
+
+fn producer_kind_map(totals: &ProducerKindTotals) -> BTreeMap<&'static str, KindTotals> {
+    named(PRODUCER_KINDS.into_iter().map(|k| k.name()), totals)
 }
 
 /// Per-second counts over the last [`RATE_WINDOW_SECONDS`] whole seconds, in a fixed ring.
@@ -86,7 +102,7 @@ struct ProducerStats {
     events: u64,
     bytes: u64,
     last_seq: Option<u64>,
-    losses: BTreeMap<&'static str, u64>,
+    losses: StageCounts,
     stale: u64,
     duplicates: u64,
     malformed: u64,
@@ -176,10 +192,10 @@ pub struct Stats {
     max_producers: usize,
     producers: HashMap<[u8; 16], ProducerStats>,
     ticks: u64,
-    events_by_kind: BTreeMap<&'static str, u64>,
-    losses_by_stage: BTreeMap<&'static str, u64>,
-    by_producer_kind: BTreeMap<&'static str, KindTotals>,
-    refused: BTreeMap<&'static str, u64>,
+    events_by_kind: KindCounts,
+    losses_by_stage: StageCounts,
+    by_producer_kind: ProducerKindTotals,
+    refused: RefusedCounts,
     malformed: u64,
     stale: u64,
     duplicates: u64,
@@ -195,13 +211,10 @@ impl Stats {
             max_producers: max_producers.max(1),
             producers: HashMap::new(),
             ticks: 0,
-            events_by_kind: zeroed(Kind::all().map(Kind::name)),
-            losses_by_stage: stage_map(),
-            by_producer_kind: PRODUCER_KINDS
-                .into_iter()
-                .map(|k| (k.name(), KindTotals::default()))
-                .collect(),
-            refused: zeroed(REFUSE_REASONS.into_iter().map(RefuseReason::name)),
+            events_by_kind: [0; Kind::COUNT],
+            losses_by_stage: [0; LossStage::ALL.len()],
+            by_producer_kind: [KindTotals::default(); PRODUCER_KINDS.len()],
+            refused: [0; RefuseReason::ALL.len()],
             malformed: 0,
             stale: 0,
             duplicates: 0,
@@ -240,7 +253,7 @@ impl Stats {
                 events: 0,
                 bytes: 0,
                 last_seq: None,
-                losses: stage_map(),
+                losses: [0; LossStage::ALL.len()],
                 stale: 0,
                 duplicates: 0,
                 malformed: 0,
@@ -254,7 +267,7 @@ impl Stats {
 
     /// Counts a stored event of `kind`; `second` is seconds since start, for the rate.
     pub fn on_stored(&mut self, kind: Kind, second: u64) {
-        saturating_add(self.events_by_kind.entry(kind.name()).or_default(), 1);
+        saturating_add(&mut self.events_by_kind[kind.index()], 1);
         self.stored_rate.add(second, 1);
     }
 
@@ -263,18 +276,15 @@ impl Stats {
         saturating_add(&mut p.events, 1);
         saturating_add(&mut p.bytes, bytes as u64);
         p.last_seq = Some(p.last_seq.map_or(seq, |s| s.max(seq)));
-        let totals = self.by_producer_kind.entry(info.kind.name()).or_default();
+        let totals = &mut self.by_producer_kind[info.kind.index()];
         saturating_add(&mut totals.events, 1);
         saturating_add(&mut totals.bytes, bytes as u64);
     }
 
     pub fn on_loss(&mut self, info: &Arc<ProducerInfo>, loss: &Loss, second: u64, now_ns: u64) {
         let p = self.producer(info, now_ns);
-        saturating_add(p.losses.entry(loss.stage.name()).or_default(), loss.count);
-        saturating_add(
-            self.losses_by_stage.entry(loss.stage.name()).or_default(),
-            loss.count,
-        );
+        saturating_add(&mut p.losses[loss.stage.index()], loss.count);
+        saturating_add(&mut self.losses_by_stage[loss.stage.index()], loss.count);
         self.lost_rate.add(second, loss.count);
     }
 
@@ -287,7 +297,7 @@ impl Stats {
         p.disconnected_at_ns = None;
         p.disconnect_reason = None;
         saturating_add(&mut p.connections, 1);
-        let totals = self.by_producer_kind.entry(info.kind.name()).or_default();
+        let totals = &mut self.by_producer_kind[info.kind.index()];
         saturating_add(&mut totals.connections, 1);
     }
 
@@ -324,7 +334,7 @@ impl Stats {
     }
 
     pub fn on_refused(&mut self, reason: RefuseReason) {
-        saturating_add(self.refused.entry(reason.name()).or_default(), 1);
+        saturating_add(&mut self.refused[reason.index()], 1);
     }
 
     pub fn on_encode_error(&mut self) {
@@ -335,24 +345,21 @@ impl Stats {
     pub fn report(&self, second: u64) -> Counters {
         let mut producers: Vec<&ProducerStats> = self.producers.values().collect();
         producers.sort_by_key(|p| (p.connected_since_ns, p.info.instance));
-        let mut by_producer_kind = self.by_producer_kind.clone();
+        let mut by_producer_kind = self.by_producer_kind;
         for p in producers.iter().filter(|p| p.connected) {
-            saturating_add(
-                &mut by_producer_kind.entry(p.info.kind.name()).or_default().connected,
-                1,
-            );
+            saturating_add(&mut by_producer_kind[p.info.kind.index()].connected, 1);
         }
         Counters {
             producers: producers.into_iter().map(producer_report).collect(),
-            events_by_kind: self.events_by_kind.clone(),
-            losses_by_stage: self.losses_by_stage.clone(),
-            by_producer_kind,
+            events_by_kind: kind_map(&self.events_by_kind),
+            losses_by_stage: stage_map(&self.losses_by_stage),
+            by_producer_kind: producer_kind_map(&by_producer_kind),
             rates: Rates {
                 window_seconds: RATE_WINDOW_SECONDS,
                 events_per_second: self.stored_rate.per_second(second),
                 lost_per_second: self.lost_rate.per_second(second),
             },
-            refused_connections: self.refused.clone(),
+            refused_connections: refused_map(&self.refused),
             malformed_messages: self.malformed,
             stale_messages: self.stale,
             duplicate_messages: self.duplicates,
@@ -379,7 +386,7 @@ fn producer_report(p: &ProducerStats) -> ProducerReport {
             events: p.events,
             bytes: p.bytes,
             last_seq: p.last_seq,
-            losses: p.losses.clone(),
+            losses: stage_map(&p.losses),
             stale: p.stale,
             duplicates: p.duplicates,
             malformed: p.malformed,

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lpcmon_protocol::server::ProducerInfo;
+use lpcmon_protocol::server::{IngestBudget, ProducerInfo, heap_block};
 use serde_json::value::RawValue;
 
 use crate::kind::Kind;
@@ -33,11 +33,21 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// What the event costs against `retain_bytes`: its JSON, its search text and the slot.
-    /// The `ProducerInfo` is shared by all of a session's events and is not counted per event.
+    /// What the event costs against `retain_bytes`: the heap blocks it holds (the event itself,
+    /// its JSON and its search text, each an `Arc` allocation with its two counts and the
+    /// allocator's own overhead) and its slot in the ring. The `ProducerInfo` is shared by all
+    /// of a session's events and is not counted per event.
     pub fn cost(&self) -> usize {
-        self.json.get().len() + self.search.len() + size_of::<Self>() + size_of::<Arc<Self>>()
+        arc_block(size_of::<Self>())
+            + arc_block(self.json.get().len())
+            + arc_block(self.search.len())
+            + size_of::<Arc<Self>>()
     }
+}
+
+/// The heap bytes of an `Arc` holding `n` bytes: the strong and weak counts come first.
+const fn arc_block(n: usize) -> usize {
+    heap_block(2 * size_of::<usize>() + n)
 }
 
 /// Where the store stands, for `/stats`, `/metrics` and page metadata.
@@ -61,6 +71,8 @@ pub struct Store {
     evicted: u64,
     /// With a database: the highest id the writer has settled; nothing newer may be forgotten.
     durable_through: Option<Arc<AtomicU64>>,
+    /// The ingest channel's backlog, counted against `retain_bytes` with the events.
+    backlog: Option<Arc<IngestBudget>>,
 }
 
 impl Store {
@@ -75,7 +87,23 @@ impl Store {
             pushed: 0,
             evicted: 0,
             durable_through: None,
+            backlog: None,
         }
+    }
+
+    /// Counts what waits in the ingest channel against `retain_bytes`: events not yet stored
+    /// take memory too, so the store keeps that much less while they wait.
+    pub fn counting_backlog(self, backlog: Arc<IngestBudget>) -> Self {
+        Store {
+            backlog: Some(backlog),
+            ..self
+        }
+    }
+
+    /// The bytes the events may take now: `retain_bytes` less the ingest backlog.
+    fn byte_limit(&self) -> usize {
+        let backlog = self.backlog.as_ref().map_or(0, |b| b.used());
+        self.retain_bytes.saturating_sub(backlog)
     }
 
     /// The hot tail in front of a database whose writer publishes `durable_through`.
@@ -102,8 +130,9 @@ impl Store {
         self.bytes += event.cost();
         self.pushed += 1;
         self.events.push_back(event);
+        let byte_limit = self.byte_limit();
         while self.events.len() > 1
-            && (self.events.len() > self.retain || self.bytes > self.retain_bytes)
+            && (self.events.len() > self.retain || self.bytes > byte_limit)
             && self.events.front().is_some_and(|e| self.may_forget(e.id))
         {
             if let Some(old) = self.events.pop_front() {
@@ -185,6 +214,18 @@ mod tests {
     }
 
     #[test]
+    fn cost_counts_the_heap_blocks_an_event_holds() {
+        let e = event(1, 100);
+        // Three Arc blocks and a ring slot, each larger than what it holds.
+        let payload = 100 + size_of::<StoredEvent>() + size_of::<Arc<StoredEvent>>();
+        assert!(e.cost() >= payload + 3 * 2 * size_of::<usize>());
+        assert_eq!(
+            e.cost(),
+            heap_block(16 + size_of::<StoredEvent>()) + heap_block(116) + heap_block(16) + 8
+        );
+    }
+
+    #[test]
     fn evicts_by_count_and_counts_evictions() {
         let mut s = Store::new(3, usize::MAX);
         for id in 1..=5 {
@@ -210,6 +251,23 @@ mod tests {
         s.push(event(5, one * 10));
         let o = s.occupancy();
         assert_eq!((o.events, o.oldest_id, o.evicted), (1, Some(5), 4));
+    }
+
+    #[test]
+    fn the_ingest_backlog_counts_against_retain_bytes() {
+        let one = event(1, 100).cost();
+        let backlog = Arc::new(IngestBudget::new(usize::MAX));
+        let mut s = Store::new(100, one * 4).counting_backlog(backlog.clone());
+        for id in 1..=4 {
+            s.push(event(id, 100));
+        }
+        assert_eq!(s.occupancy().events, 4);
+        assert!(backlog.try_take(one * 2));
+        s.push(event(5, 100));
+        assert_eq!((s.occupancy().events, s.oldest_id()), (2, Some(4)));
+        backlog.give_back(one * 2);
+        s.push(event(6, 100));
+        assert_eq!(s.occupancy().events, 3);
     }
 
     #[test]

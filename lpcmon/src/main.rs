@@ -196,7 +196,7 @@ async fn serve_until(
     // Ingest runs on a thread of its own, never behind HTTP work on this runtime.
     let ingest = lpcmon_api::spawn_ingest_thread(state.clone(), ingest_rx)
         .context("cannot start the ingest thread")?;
-    let port_server = start_port(&args, &port, ingest_tx, restored)?;
+    let port_server = start_port(&args, &port, ingest_tx, state.ingest_budget(), restored)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -323,18 +323,22 @@ fn start_port(
     args: &ServeArgs,
     port: &str,
     ingest: alpc_server::dispatch::IngestSender,
+    ingest_budget: Arc<lpcmon_protocol::server::IngestBudget>,
     restored: Vec<RestoredInstance>,
 ) -> anyhow::Result<PortServer> {
     use alpc_server::dispatch::Dispatcher;
     use alpc_server::unix::{UnixPortConfig, UnixPortServer};
-    let dispatcher = Arc::new(Dispatcher::new(
-        ServerConfig {
-            api: "unix",
-            max_message: args.max_message.as_usize(),
-            ..ServerConfig::default()
-        },
-        ingest,
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            ServerConfig {
+                api: "unix",
+                max_message: args.max_message.as_usize(),
+                ..ServerConfig::default()
+            },
+            ingest,
+        )
+        .with_ingest_budget(ingest_budget),
+    );
     dispatcher.restore_instances(restored);
     let config = UnixPortConfig {
         max_message: args.max_message.as_usize(),
@@ -367,6 +371,7 @@ fn start_port(
     args: &ServeArgs,
     port: &str,
     ingest: alpc_server::dispatch::IngestSender,
+    ingest_budget: Arc<lpcmon_protocol::server::IngestBudget>,
     restored: Vec<RestoredInstance>,
 ) -> anyhow::Result<PortServer> {
     use alpc_server::decide::PortApi;
@@ -377,14 +382,17 @@ fn start_port(
         cli::PortApi::Lpc => PortApi::Lpc,
     };
     let max_message = port_data_limit(api).with_context(|| format!("cannot size the {} port", api.name()))?;
-    let dispatcher = Arc::new(Dispatcher::new(
-        ServerConfig {
-            api: api.name(),
-            max_message,
-            ..ServerConfig::default()
-        },
-        ingest,
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            ServerConfig {
+                api: api.name(),
+                max_message,
+                ..ServerConfig::default()
+            },
+            ingest,
+        )
+        .with_ingest_budget(ingest_budget),
+    );
     dispatcher.restore_instances(restored);
     let config = WindowsPortConfig {
         port_name: port.to_owned(),

@@ -37,6 +37,20 @@ macro_rules! wire_enum {
                 }
             }
 
+            /// This value's position in [`Self::ALL`]: the slot of its counter in an array
+            /// indexed by value, which per-event counting uses instead of a map.
+            pub const fn index(self) -> usize {
+                let mut i = 0;
+                while i < Self::ALL.len() {
+                    if Self::ALL[i] as $repr == self as $repr {
+                        return i;
+                    }
+                    i += 1;
+                }
+                // Every value is in `ALL`: the macro builds both from the same list.
+                unreachable!()
+            }
+
             /// The value a wire number stands for, if any.
             pub const fn from_repr(value: $repr) -> Option<Self> {
                 match value {
@@ -62,6 +76,7 @@ mod tests {
             for value in <$name>::ALL {
                 assert_eq!(<$name>::from_repr(value as $repr), Some(value));
                 assert!(names.insert(value.name()), "{} twice", value.name());
+                assert_eq!(<$name>::ALL[value.index()], value);
             }
             assert_eq!(<$name>::from_repr(0), None);
             assert_eq!(<$name>::from_repr(<$name>::ALL.len() as $repr + 1), None);

@@ -2,6 +2,7 @@
 //! wire format.
 
 mod client;
+mod recv_batch;
 mod server;
 
 pub use client::UnixPortConnection;

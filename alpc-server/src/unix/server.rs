@@ -24,6 +24,7 @@ use lpcmon_protocol::{PortMessage, RefuseReason, lpc};
 use nix::sys::socket::{self, Backlog, MsgFlags, SockFlag, UnixAddr, sockopt};
 use nix::unistd::Uid;
 
+use super::recv_batch::BatchReceiver;
 use super::{io_err, seqpacket_socket, timeval};
 use crate::dispatch::Dispatcher;
 use crate::error::PortError;
@@ -363,12 +364,25 @@ fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
         return;
     };
     // One byte more than the limit, so an oversized datagram is seen as oversized.
-    let mut buf = vec![0u8; shared.config.max_message + 1];
+    let mut receiver = BatchReceiver::new(shared.config.max_message + 1);
     let mut established = false;
     let mut closing_kind = lpc::PORT_CLOSED;
     let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
     while !shared.stop.load(Ordering::Relaxed) {
-        let n = match socket::recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+        if established {
+            match receive_batch(shared, id, pid, &conn, &mut receiver) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::debug!(conn = id, error = %e, "connection failed");
+                    closing_kind = lpc::CLIENT_DIED;
+                    break;
+                }
+            }
+        }
+        // The handshake: one datagram, the Hello, answered before the producer sends more.
+        let buf = receiver.first_slot();
+        let n = match socket::recv(conn.as_raw_fd(), buf, MsgFlags::MSG_TRUNC) {
             // An empty datagram goes to the session, which counts it as malformed.
             Ok(0) if peer_hung_up(&conn) => break,
             Ok(n) => n.min(buf.len()),
@@ -392,12 +406,9 @@ fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
             }
         };
         let data = &buf[..n];
-        let kind = if established {
-            lpc::DATAGRAM
-        } else {
-            lpc::CONNECTION_REQUEST
-        };
-        let action = shared.dispatcher.handle(id, &header(shared, kind, n, pid), data);
+        let action = shared
+            .dispatcher
+            .handle(id, &header(shared, lpc::CONNECTION_REQUEST, n, pid), data);
         match action {
             Action::Accept { reply } => {
                 established = true;
@@ -415,13 +426,44 @@ fn serve_connection(shared: &Shared, id: ConnId, conn: OwnedFd) {
         }
     }
     if established && shared.stop.load(Ordering::Relaxed) {
-        drain(shared, id, pid, &conn, &mut buf);
+        drain(shared, id, pid, &conn, receiver.first_slot());
     }
     if established {
         shared
             .dispatcher
             .handle(id, &header(shared, closing_kind, 0, pid), &[]);
     }
+}
+
+/// Takes every datagram waiting on an established connection (at least one, waiting up to the
+/// receive timeout) and runs them through the dispatcher at once. `Ok(false)` at the end of
+/// the stream, `Ok(true)` to go on.
+fn receive_batch(
+    shared: &Shared,
+    id: ConnId,
+    pid: u64,
+    conn: &OwnedFd,
+    receiver: &mut BatchReceiver,
+) -> nix::Result<bool> {
+    let n = match receiver.recv(conn) {
+        Ok(n) => n,
+        Err(nix::Error::EAGAIN | nix::Error::EINTR) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    // Trailing empty datagrams are the end of the stream if the peer has hung up (see
+    // `peer_hung_up`); an empty datagram with data after it is a datagram, which the session
+    // counts as malformed.
+    let data = receiver.before_trailing_empty();
+    let eof = data < n && peer_hung_up(conn);
+    let end = if eof { data } else { n };
+    shared.dispatcher.handle_datagrams(
+        id,
+        (0..end).map(|i| {
+            let datagram = receiver.datagram(i);
+            (header(shared, lpc::DATAGRAM, datagram.len(), pid), datagram)
+        }),
+    );
+    Ok(!eof)
 }
 
 /// On a graceful stop, takes what the producer had already sent before the connection closes,

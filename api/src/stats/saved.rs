@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lpcmon_protocol::message::{LossStage, ProducerKind};
+use lpcmon_protocol::message::{LossStage, ProducerKind, RefuseReason};
 use lpcmon_protocol::server::ProducerInfo;
 use serde::{Deserialize, Serialize};
 
-use super::{KindTotals, Stats};
-use crate::kind::PRODUCER_KINDS;
+use super::{KindTotals, Stats, kind_map, refused_map, stage_map};
+use crate::kind::{Kind, PRODUCER_KINDS};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedProducer {
@@ -55,16 +55,20 @@ pub struct SavedRecord<'a> {
     pub counters: &'a str,
 }
 
-fn owned(map: &BTreeMap<&'static str, u64>) -> BTreeMap<String, u64> {
-    map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+fn owned(map: BTreeMap<&'static str, u64>) -> BTreeMap<String, u64> {
+    map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// Adds saved values to the zero-filled map of known keys; a key this build does not know is
-/// left out (a counter of a newer lpcmon).
-fn add_known(into: &mut BTreeMap<&'static str, u64>, saved: &BTreeMap<String, u64>) {
-    for (key, value) in into.iter_mut() {
-        *value += saved.get(*key).copied().unwrap_or(0);
+/// Adds saved values to the counters of known names (`names` in the array's order); a name
+/// this build does not know is left out (a counter of a newer lpcmon).
+fn add_known(into: &mut [u64], names: impl Iterator<Item = &'static str>, saved: &BTreeMap<String, u64>) {
+    for (value, name) in into.iter_mut().zip(names) {
+        *value += saved.get(name).copied().unwrap_or(0);
     }
+}
+
+fn stage_names() -> impl Iterator<Item = &'static str> {
+    LossStage::ALL.into_iter().map(LossStage::name)
 }
 
 pub fn producer_kind(name: &str) -> Option<ProducerKind> {
@@ -86,7 +90,7 @@ impl Stats {
             events: p.events,
             bytes: p.bytes,
             last_seq: p.last_seq,
-            losses: owned(&p.losses),
+            losses: owned(stage_map(&p.losses)),
             stale: p.stale,
             duplicates: p.duplicates,
             malformed: p.malformed,
@@ -97,14 +101,14 @@ impl Stats {
 
     pub fn save_totals(&self) -> String {
         serde_json::to_string(&SavedTotals {
-            events_by_kind: owned(&self.events_by_kind),
-            losses_by_stage: owned(&self.losses_by_stage),
-            by_producer_kind: self
-                .by_producer_kind
-                .iter()
-                .map(|(k, t)| ((*k).to_owned(), (t.events, t.bytes, t.connections)))
+            events_by_kind: owned(kind_map(&self.events_by_kind)),
+            losses_by_stage: owned(stage_map(&self.losses_by_stage)),
+            by_producer_kind: PRODUCER_KINDS
+                .into_iter()
+                .zip(&self.by_producer_kind)
+                .map(|(k, t)| (k.name().to_owned(), (t.events, t.bytes, t.connections)))
                 .collect(),
-            refused: owned(&self.refused),
+            refused: owned(refused_map(&self.refused)),
             malformed: self.malformed,
             stale: self.stale,
             duplicates: self.duplicates,
@@ -123,11 +127,19 @@ impl Stats {
     ) -> Result<(), serde_json::Error> {
         if let Some(totals) = totals {
             let t: SavedTotals = serde_json::from_str(totals)?;
-            add_known(&mut self.events_by_kind, &t.events_by_kind);
-            add_known(&mut self.losses_by_stage, &t.losses_by_stage);
-            add_known(&mut self.refused, &t.refused);
-            for (name, totals) in self.by_producer_kind.iter_mut() {
-                if let Some(&(events, bytes, connections)) = t.by_producer_kind.get(*name) {
+            add_known(
+                &mut self.events_by_kind,
+                Kind::all().map(Kind::name),
+                &t.events_by_kind,
+            );
+            add_known(&mut self.losses_by_stage, stage_names(), &t.losses_by_stage);
+            add_known(
+                &mut self.refused,
+                RefuseReason::ALL.into_iter().map(RefuseReason::name),
+                &t.refused,
+            );
+            for (kind, totals) in PRODUCER_KINDS.into_iter().zip(self.by_producer_kind.iter_mut()) {
+                if let Some(&(events, bytes, connections)) = t.by_producer_kind.get(kind.name()) {
                     *totals = KindTotals {
                         events: totals.events + events,
                         bytes: totals.bytes + bytes,
@@ -166,7 +178,7 @@ impl Stats {
             p.events = saved.events;
             p.bytes = saved.bytes;
             p.last_seq = saved.last_seq;
-            add_known(&mut p.losses, &saved.losses);
+            add_known(&mut p.losses, stage_names(), &saved.losses);
             p.stale = saved.stale;
             p.duplicates = saved.duplicates;
             p.malformed = saved.malformed;
@@ -178,14 +190,14 @@ impl Stats {
     /// Events of a producer that the database could not write: they move from stored to the
     /// `store` loss stage, so produced = stored + losses still holds.
     pub fn on_store_loss(&mut self, instance: &[u8; 16], count: u64, second: u64) {
-        let stage = LossStage::Store.name();
+        let stage = LossStage::Store.index();
         if let Some(p) = self.producers.get_mut(instance) {
             p.events = p.events.saturating_sub(count);
-            *p.losses.entry(stage).or_default() += count;
-            let totals = self.by_producer_kind.entry(p.info.kind.name()).or_default();
+            p.losses[stage] += count;
+            let totals = &mut self.by_producer_kind[p.info.kind.index()];
             totals.events = totals.events.saturating_sub(count);
         }
-        *self.losses_by_stage.entry(stage).or_default() += count;
+        self.losses_by_stage[stage] += count;
         self.lost_rate.add(second, count);
     }
 }

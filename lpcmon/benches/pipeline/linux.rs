@@ -88,6 +88,9 @@ const RETAIN: usize = 100_000;
 const RETAIN_BYTES: usize = 64 * 1024 * 1024;
 /// Larger than a burst, so a burst can never overflow it.
 const INGEST_CAPACITY: usize = 131_072;
+/// The ingest channel's byte budget: a burst's outputs fit in it (about 22 MiB of 65,536
+/// 200-byte events), and what waits is counted against `RETAIN_BYTES` as the binary counts it.
+const INGEST_BYTES: usize = RETAIN_BYTES / 2;
 /// Longest any single wait may take.
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 const MIB: f64 = 1024.0 * 1024.0;
@@ -318,7 +321,11 @@ fn ingest_rows(table: &mut Table, results: &Results, ingest: f64, ratio: f64) {
     table.row(
         "  drops: server_ingest / producer_queue",
         format!("{} / {}", sum(|b| b.ingest_dropped), sum(|b| b.queue_dropped)),
-        format!("0 / 0 (ingest channel {})", fmt_int(INGEST_CAPACITY as f64)),
+        format!(
+            "0 / 0 (ingest channel {} outputs, {} MiB)",
+            fmt_int(INGEST_CAPACITY as f64),
+            INGEST_BYTES >> 20
+        ),
     );
     table.row(
         "ratio ingest / raw",
@@ -723,6 +730,7 @@ async fn run_server_phases(
         retain: RETAIN,
         retain_bytes: RETAIN_BYTES,
         max_connections: MAX_HTTP_CONNECTIONS,
+        ingest_bytes: Some(INGEST_BYTES),
         ..ApiConfig::default()
     };
     let database = match pass.database {
@@ -745,14 +753,17 @@ async fn run_server_phases(
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_CAPACITY);
     // As the binary wires it: ingest on a thread of its own.
     let ingest = spawn_ingest_thread(state.clone(), ingest_rx).map_err(|e| format!("ingest thread: {e}"))?;
-    let dispatcher = Arc::new(Dispatcher::new(
-        ServerConfig {
-            api: "unix",
-            max_message: MAX_MESSAGE,
-            ..ServerConfig::default()
-        },
-        ingest_tx,
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            ServerConfig {
+                api: "unix",
+                max_message: MAX_MESSAGE,
+                ..ServerConfig::default()
+            },
+            ingest_tx,
+        )
+        .with_ingest_budget(state.ingest_budget()),
+    );
     let counters = dispatcher.counters();
     let port = UnixPortServer::start(
         UnixPortConfig {

@@ -14,12 +14,14 @@
 //! reconnect is seen, and a producer's own report of what it lost while disconnected is matched
 //! against it instead of being counted twice.
 
+mod ingest_budget;
 mod ingest_gate;
 mod peer_text;
 mod reassembly;
 mod sequence;
 mod session;
 
+pub use ingest_budget::{IngestBudget, heap_block};
 pub use ingest_gate::{DEFAULT_BACKLOG_LIMIT, GateReport, IngestGate, IngestSink};
 pub use peer_text::escape_peer_text;
 pub use session::{

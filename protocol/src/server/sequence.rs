@@ -148,6 +148,29 @@ impl<T> SequenceTracker<T> {
         max_pending: usize,
         out: &mut impl Extend<Delivery<T>>,
     ) {
+        // The common case, a producer's next event with nothing waiting, is delivered at once.
+        // The general path would do exactly this (nothing pending can make it stale, and the
+        // item would be inserted and drained again at once) at the cost of a map insert and
+        // removal per event; the tests hold the two paths equal.
+        if seq == self.next && self.pending.is_empty() {
+            self.high_water = self.high_water.max(seq);
+            self.next += 1;
+            out.extend([Delivery::Event(item)]);
+            self.note_gap(now);
+            return;
+        }
+        self.on_event_general(now, seq, item, max_pending, out);
+    }
+
+    /// [`Self::on_event`] for any `seq`: stale, in order or ahead of a gap.
+    fn on_event_general(
+        &mut self,
+        now: u64,
+        seq: u64,
+        item: T,
+        max_pending: usize,
+        out: &mut impl Extend<Delivery<T>>,
+    ) {
         if seq < self.next || self.pending.contains_key(&seq) || self.inside_pending_loss(seq) {
             out.extend([self.stale(seq)]);
             return;
@@ -392,6 +415,86 @@ mod tests {
             ]
         );
         assert_eq!(t.next(), 7);
+    }
+
+    mod fast_path {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step driven into both trackers.
+        #[derive(Debug, Clone)]
+        enum Step {
+            Event(u64),
+            Lost(u64, u64),
+            HighWater(u64),
+            Poll,
+            Close,
+            Resume(u64),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                // Mostly in-order-ish events around a small range, so the fast path, stale
+                // numbers, gaps and reordering all happen.
+                6 => (1u64..40).prop_map(Step::Event),
+                1 => (1u64..40, 0u64..6).prop_map(|(a, n)| Step::Lost(a, a + n)),
+                1 => (1u64..40).prop_map(Step::HighWater),
+                1 => Just(Step::Poll),
+                1 => Just(Step::Close),
+                1 => (1u64..40).prop_map(Step::Resume),
+            ]
+        }
+
+        proptest! {
+            /// The fast path of `on_event` delivers, resolves and times out exactly what the
+            /// general path does, for any mix of in-order, early, late and repeated numbers.
+            #[test]
+            fn equals_the_general_path(
+                steps in proptest::collection::vec(step(), 1..80),
+                max_pending in 1usize..6,
+            ) {
+                let mut fast = SequenceTracker::new(1);
+                let mut general = SequenceTracker::new(1);
+                let (mut out_fast, mut out_general): (Vec<D>, Vec<D>) = (Vec::new(), Vec::new());
+                for (now, step) in steps.into_iter().enumerate() {
+                    let now = now as u64 * 10;
+                    match step {
+                        Step::Event(seq) => {
+                            fast.on_event(now, seq, seq, max_pending, &mut out_fast);
+                            general.on_event_general(now, seq, seq, max_pending, &mut out_general);
+                        }
+                        Step::Lost(a, b) => {
+                            let stage = LossStage::ProducerSend;
+                            let x = fast.on_lost_range(now, stage, (a, b), max_pending, &mut out_fast);
+                            let y = general.on_lost_range(now, stage, (a, b), max_pending, &mut out_general);
+                            prop_assert_eq!(x, y);
+                        }
+                        Step::HighWater(h) => {
+                            fast.on_high_water(now, h);
+                            general.on_high_water(now, h);
+                        }
+                        Step::Poll => {
+                            fast.poll(now, 25, &mut out_fast);
+                            general.poll(now, 25, &mut out_general);
+                        }
+                        Step::Close => {
+                            fast.on_close(&mut out_fast);
+                            general.on_close(&mut out_general);
+                        }
+                        Step::Resume(n) => {
+                            fast.on_resume(now, n);
+                            general.on_resume(now, n);
+                        }
+                    }
+                    prop_assert_eq!(&out_fast, &out_general);
+                    prop_assert_eq!(fast.next(), general.next());
+                    prop_assert_eq!(fast.pending_len(), general.pending_len());
+                    prop_assert_eq!(fast.high_water, general.high_water);
+                    prop_assert_eq!(fast.gap_since, general.gap_since);
+                    prop_assert_eq!(fast.recent_lost, general.recent_lost);
+                }
+            }
+        }
     }
 
     #[test]

@@ -208,6 +208,9 @@ pub struct Server {
     config: ServerConfig,
     sessions: BTreeMap<ConnId, Session>,
     instances: BTreeMap<[u8; 16], Instance>,
+    /// What the sequence tracker hands back for one message, reused so receiving an event
+    /// allocates nothing for it.
+    deliveries: Vec<Delivery<(Event, TransportInfo)>>,
 }
 
 fn hex(bytes: &[u8; 16]) -> String {
@@ -224,6 +227,7 @@ impl Server {
             config,
             sessions: BTreeMap::new(),
             instances: BTreeMap::new(),
+            deliveries: Vec::new(),
         }
     }
 
@@ -470,7 +474,7 @@ impl Server {
         };
         inst.last_active = now;
         let reorder_max = self.config.reorder_max;
-        let mut deliveries = Vec::new();
+        let mut deliveries = core::mem::take(&mut self.deliveries);
         let transport = |bytes, fragments| TransportInfo {
             api: self.config.api,
             message_id: header.message_id,
@@ -591,7 +595,8 @@ impl Server {
                 )));
             }
         }
-        emit(&producer, deliveries, out);
+        emit(&producer, &mut deliveries, out);
+        self.deliveries = deliveries;
     }
 
     fn close(&mut self, conn: ConnId, reason: &'static str, out: &mut Vec<Output>) {
@@ -607,7 +612,7 @@ impl Server {
             let mut deliveries = Vec::new();
             inst.tracker.on_close(&mut deliveries);
             inst.live = false;
-            emit(&producer, deliveries, out);
+            emit(&producer, &mut deliveries, out);
         }
         out.push(Output::Disconnected { producer, reason });
     }
@@ -644,14 +649,14 @@ impl Server {
                         &mut deliveries,
                     );
                 }
-                emit(&session.producer, deliveries, out);
+                emit(&session.producer, &mut deliveries, out);
             }
         }
         for inst in self.instances.values_mut().filter(|i| i.live) {
             let mut deliveries = Vec::new();
             inst.tracker
                 .poll(now, self.config.gap_timeout_ns, &mut deliveries);
-            emit(&inst.producer, deliveries, out);
+            emit(&inst.producer, &mut deliveries, out);
         }
     }
 
@@ -722,10 +727,10 @@ fn count_total(producer: &Arc<ProducerInfo>, loss: Loss, counted: &mut u64, out:
 
 fn emit(
     producer: &Arc<ProducerInfo>,
-    deliveries: Vec<Delivery<(Event, TransportInfo)>>,
+    deliveries: &mut Vec<Delivery<(Event, TransportInfo)>>,
     out: &mut Vec<Output>,
 ) {
-    for d in deliveries {
+    for d in deliveries.drain(..) {
         out.push(match d {
             Delivery::Event((event, transport)) => Output::Event {
                 producer: producer.clone(),

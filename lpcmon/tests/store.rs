@@ -294,12 +294,20 @@ async fn kill_9_mid_load_keeps_ids_and_exact_accounting() {
         Duration::from_secs(60),
         |_| false,
     ));
-    let load = spawn_loadgen(
+    // The load must outlast the kill: the accounting is exact for a producer that reconnects,
+    // and a loadgen that had sent everything and exited before the kill never does (under load
+    // the debug server can be seconds behind what the loadgen sent). 10 s of sending against a
+    // kill after 8,000 stored events.
+    let mut load = spawn_loadgen(
         &s.socket,
-        &["--rate", "20000", "--count", "60000", "--queue", "65536"],
+        &["--rate", "10000", "--count", "100000", "--queue", "65536"],
     );
     wait_for_events(&server.base, 8000).await;
     server.kill_9();
+    assert!(
+        load.try_wait().unwrap().is_none(),
+        "the loadgen finished before the kill, so it cannot reconnect: the test proves nothing"
+    );
     let seen: Vec<Sse> = live
         .await
         .unwrap()

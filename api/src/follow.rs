@@ -22,7 +22,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use lpcmon_store::{Database, Order};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 use crate::durable;
 use crate::frame::Live;
@@ -47,6 +50,16 @@ pub enum Item {
         /// after the hole instead of reporting it again.
         last_id: u64,
     },
+}
+
+/// What [`Follower::try_next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Item(Item),
+    /// Nothing is ready now.
+    Empty,
+    /// The broadcast has ended.
+    Closed,
 }
 
 /// Counts a connected client for as long as it lives.
@@ -110,27 +123,61 @@ impl Follower {
     /// stream by the caller, not here per event.
     pub async fn next(&mut self) -> Option<Item> {
         loop {
-            if let Some(item) = self.pending.pop_front() {
+            match self.try_next() {
+                Next::Item(item) => return Some(item),
+                Next::Closed => return None,
+                Next::Empty => {}
+            }
+            let received = self.live.recv().await;
+            if let Some(item) = self.on_live(received)? {
                 return Some(item);
+            }
+        }
+    }
+
+    /// The next event or gap if one is ready now, without waiting: what a stream takes after
+    /// the first item of a write, so that a burst of live events leaves in one write.
+    pub fn try_next(&mut self) -> Next {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Next::Item(item);
             }
             if let Some(reason) = self.catch_up {
                 self.read_store(reason);
                 continue;
             }
-            match self.live.recv().await {
-                Ok(live) if live.event.id <= self.done => {}
-                Ok(live) if live.event.id == self.done + 1 => {
-                    self.done = live.event.id;
-                    if self.filter.matches(&live.event) {
-                        return Some(Item::Live(live.frame));
-                    }
-                }
-                // Broadcasts arrive in id order without holes, but if one ever skipped, the
-                // store (which every event reaches before the broadcast) fills it in.
-                Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up = Some(GapReason::Lagged),
-                Err(RecvError::Closed) => return None,
+            let received = match self.live.try_recv() {
+                Ok(live) => Ok(live),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => return Next::Empty,
+            };
+            match self.on_live(received) {
+                Some(Some(item)) => return Next::Item(item),
+                Some(None) => {}
+                None => return Next::Closed,
             }
         }
+    }
+
+    /// What a broadcast receive means: an item to send, `Some(None)` for nothing to send (a
+    /// duplicate, a filtered-out event, or a lag that the store now fills in), `None` when the
+    /// broadcast has ended.
+    fn on_live(&mut self, received: Result<Live, RecvError>) -> Option<Option<Item>> {
+        match received {
+            Ok(live) if live.event.id <= self.done => {}
+            Ok(live) if live.event.id == self.done + 1 => {
+                self.done = live.event.id;
+                if self.filter.matches(&live.event) {
+                    return Some(Some(Item::Live(live.frame)));
+                }
+            }
+            // Broadcasts arrive in id order without holes, but if one ever skipped, the store
+            // (which every event reaches before the broadcast) fills it in.
+            Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up = Some(GapReason::Lagged),
+            Err(RecvError::Closed) => return None,
+        }
+        Some(None)
     }
 
     /// Queues the next chunk of stored events after `done`, and a gap first if the store has

@@ -34,14 +34,29 @@ pub const KEEP_ALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
 /// `id: N\nevent: KIND\ndata: JSON\n\n`.
 pub fn event_frame(event: &StoredEvent) -> Bytes {
-    data_frame(event.id, event.kind.name(), event.json.get().as_bytes())
+    let mut out = BytesMut::new();
+    put_event(&mut out, event);
+    out.freeze()
+}
+
+/// Appends an event's frame to `out`, e.g. a write that carries several frames.
+pub fn put_event(out: &mut BytesMut, event: &StoredEvent) {
+    put_data_frame(out, event.id, event.kind.name(), event.json.get().as_bytes());
 }
 
 /// A `gap` event: how many ids were missed and why. Its id is the last id the gap covers, so
 /// a reconnect resumes after the hole instead of reporting it again.
-pub fn gap_frame(missed: u64, reason: GapReason, last_id: u64) -> Bytes {
+#[cfg(test)]
+fn gap_frame(missed: u64, reason: GapReason, last_id: u64) -> Bytes {
+    let mut out = BytesMut::new();
+    put_gap(&mut out, missed, reason, last_id);
+    out.freeze()
+}
+
+/// Appends a `gap` event's frame to `out`.
+pub fn put_gap(out: &mut BytesMut, missed: u64, reason: GapReason, last_id: u64) {
     let data = format!(r#"{{"missed":{missed},"reason":"{}"}}"#, reason.name());
-    data_frame(last_id, "gap", data.as_bytes())
+    put_data_frame(out, last_id, "gap", data.as_bytes());
 }
 
 /// The `retry:` field that opens every stream, in milliseconds as axum writes it.
@@ -49,10 +64,17 @@ pub fn retry_frame(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
+#[cfg(test)]
 fn data_frame(id: u64, name: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_data_frame(&mut out, id, name, data);
+    out.freeze()
+}
+
+fn put_data_frame(out: &mut BytesMut, id: u64, name: &str, data: &[u8]) {
     let mut id_buf = itoa::Buffer::new();
     let id_text = id_buf.format(id).as_bytes();
-    let mut out = BytesMut::with_capacity(4 + id_text.len() + 8 + name.len() + 7 + data.len() + 2);
+    out.reserve(4 + id_text.len() + 8 + name.len() + 7 + data.len() + 2);
     out.put_slice(b"id: ");
     out.put_slice(id_text);
     out.put_slice(b"\nevent: ");
@@ -69,7 +91,6 @@ fn data_frame(id: u64, name: &str, data: &[u8]) -> Bytes {
     }
     out.put_slice(rest);
     out.put_slice(b"\n\n");
-    out.freeze()
 }
 
 #[cfg(test)]

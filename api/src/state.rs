@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::config::ApiConfig;
 use crate::frame::Live;
+use crate::publish::Publisher;
 use crate::stats::Stats;
 use crate::store::{Store, StoredEvent};
 use crate::timefmt::now_ns;
@@ -73,9 +74,9 @@ pub(crate) struct Shared {
     /// The durable store behind the in-memory tail, unless running with `--store memory`.
     pub database: Option<Arc<Database>>,
     pub stats: Mutex<Stats>,
-    /// New events, for live SSE streams. Bounded: a slow receiver lags instead of holding
-    /// the sender back.
-    pub live: broadcast::Sender<Live>,
+    /// New events, for live SSE streams, sent in bursts. Bounded: a slow receiver lags instead
+    /// of holding the sender back.
+    pub live: Arc<Publisher>,
     pub sse: SseCounters,
     /// Set once the service is shutting down: every SSE stream ends.
     pub closing: watch::Sender<bool>,
@@ -111,7 +112,11 @@ impl AppState {
     }
 
     fn build(config: ApiConfig, database: Option<Arc<Database>>) -> Self {
-        let (live, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let live = Publisher::new(
+            config.broadcast_capacity,
+            config.sse_coalesce,
+            config.sse_coalesce_per_stream,
+        );
         let mut stats = Stats::new(config.max_producers);
         let store = match &database {
             Some(db) => {
@@ -206,14 +211,12 @@ impl AppState {
     }
 
     /// Publishes a stored event to live streams, with its SSE frame rendered once for all of
-    /// them. With no stream listening, a send would drop the value anyway (the store has the
-    /// event), so the frame is not rendered at all. A stream subscribing right after this
-    /// check reads the store after subscribing, and finds the event there.
+    /// them, in the next burst (see [`crate::publish`]). With no stream listening, a send would
+    /// drop the value anyway (the store has the event), so the frame is not rendered at all. A
+    /// stream subscribing right after this check reads the store after subscribing, and finds
+    /// the event there.
     pub(crate) fn publish(&self, event: Arc<StoredEvent>) {
-        if self.0.live.receiver_count() == 0 {
-            return;
-        }
-        let _ = self.0.live.send(Live::new(event));
+        self.0.live.publish(event);
     }
 
     /// Whole seconds since the state was created, the clock of the rate windows.

@@ -41,7 +41,8 @@ const CATCH_UP_CHUNK: u64 = 1024;
 pub enum Item {
     /// A replayed event, rendered by the stream that sends it.
     Event(Arc<StoredEvent>),
-    /// A live event's frame, rendered once at ingest and shared by every stream.
+    /// Ready-made frames shared by every stream: a live event's, rendered once at ingest, or
+    /// a run of replayed events' from the shared replay cache.
     Live(Bytes),
     Gap {
         missed: u64,
@@ -208,10 +209,31 @@ impl Follower {
             });
         }
         let last = self.done.saturating_add(CATCH_UP_CHUNK).min(newest);
-        for event in store.range(self.done + 1, last) {
-            if self.filter.matches(event) {
-                self.pending.push_back(Item::Event(event.clone()));
+        let mut id = self.done + 1;
+        while id <= last {
+            let Some(block) = self.state.replay().block(&store, id) else {
+                // The newest, incomplete block: rendered by this stream.
+                for event in store.range(id, last) {
+                    if self.filter.matches(event) {
+                        self.pending.push_back(Item::Event(event.clone()));
+                    }
+                }
+                break;
+            };
+            // Each run of matching events is one shared slice of the block's frames.
+            let upto = block.last_id().min(last);
+            let mut run: Option<(u64, u64)> = None;
+            for event in store.range(id, upto) {
+                if self.filter.matches(event) {
+                    run = Some(run.map_or((event.id, event.id), |(first, _)| (first, event.id)));
+                } else if let Some((first, end)) = run.take() {
+                    self.pending.push_back(Item::Live(block.frames(first, end)));
+                }
             }
+            if let Some((first, end)) = run {
+                self.pending.push_back(Item::Live(block.frames(first, end)));
+            }
+            id = upto + 1;
         }
         self.done = self.done.max(last);
         // A hole found in a later chunk means the client fell behind while catching up.

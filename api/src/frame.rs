@@ -6,14 +6,19 @@
 //! formats, copies and newline scans of the JSON. Replayed events and gaps are rendered by the
 //! stream that sends them. The bytes are exactly what axum's `Sse` writes for the same event,
 //! so clients see no difference.
+//!
+//! Streams that fell behind the broadcast catch up from the store; their frames come from a
+//! [`ReplayCache`] of blocks rendered once for every stream replaying the same ids, so a
+//! thousand lagging clients do not render the same events a thousand times.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::state::GapReason;
-use crate::store::StoredEvent;
+use crate::store::{Store, StoredEvent};
 
 /// What the live broadcast carries: the stored event (filters look at it) and its frame.
 #[derive(Debug, Clone)]
@@ -93,6 +98,100 @@ fn put_data_frame(out: &mut BytesMut, id: u64, name: &str, data: &[u8]) {
     out.put_slice(b"\n\n");
 }
 
+/// Ids per replay block: blocks start at ids `1 + k * REPLAY_BLOCK`, so every stream that
+/// replays an id asks for the same block.
+pub const REPLAY_BLOCK: u64 = 256;
+/// Most bytes of rendered frames the replay cache keeps; the oldest blocks go first.
+pub const REPLAY_CACHE_BYTES: usize = 8 << 20;
+
+/// The frames of [`REPLAY_BLOCK`] consecutive events, rendered once, one after another.
+#[derive(Debug)]
+pub struct Block {
+    first_id: u64,
+    frames: Bytes,
+    /// Where each event's frame ends in `frames`.
+    ends: Vec<usize>,
+}
+
+impl Block {
+    fn render<'a>(first_id: u64, events: impl Iterator<Item = &'a Arc<StoredEvent>>) -> Self {
+        let mut out = BytesMut::new();
+        let mut ends = Vec::with_capacity(REPLAY_BLOCK as usize);
+        for event in events {
+            put_event(&mut out, event);
+            ends.push(out.len());
+        }
+        Block {
+            first_id,
+            frames: out.freeze(),
+            ends,
+        }
+    }
+
+    /// The block's last id.
+    pub fn last_id(&self) -> u64 {
+        self.first_id + self.ends.len() as u64 - 1
+    }
+
+    /// The frames of ids `first..=last` (both in this block), as one shared slice.
+    pub fn frames(&self, first: u64, last: u64) -> Bytes {
+        let (a, b) = ((first - self.first_id) as usize, (last - self.first_id) as usize);
+        let start = if a == 0 { 0 } else { self.ends[a - 1] };
+        self.frames.slice(start..self.ends[b])
+    }
+}
+
+/// Replay blocks rendered from the in-memory store, shared by every catching-up stream. A
+/// block is rendered only once all its ids are in the store, and never changes after; the
+/// cache holds at most [`REPLAY_CACHE_BYTES`] and forgets the oldest blocks first (a stream
+/// that far behind renders what it reads itself).
+#[derive(Debug, Default)]
+pub struct ReplayCache {
+    blocks: Mutex<Cached>,
+}
+
+#[derive(Debug, Default)]
+struct Cached {
+    by_index: BTreeMap<u64, Arc<Block>>,
+    bytes: usize,
+}
+
+impl ReplayCache {
+    /// The block holding `id`, if every id of it is in `store`; rendered now if no stream
+    /// asked for it before.
+    pub fn block(&self, store: &Store, id: u64) -> Option<Arc<Block>> {
+        let index = id.checked_sub(1)? / REPLAY_BLOCK;
+        let first = index * REPLAY_BLOCK + 1;
+        let last = first + REPLAY_BLOCK - 1;
+        if store.oldest_id()? > first || store.newest_id()? < last {
+            return None;
+        }
+        if let Some(block) = self.lock().by_index.get(&index) {
+            return Some(block.clone());
+        }
+        // Rendered outside the cache's lock: two streams may both render a new block, and
+        // the first one stored is kept.
+        let block = Arc::new(Block::render(first, store.range(first, last)));
+        let mut cached = self.lock();
+        if let Some(block) = cached.by_index.get(&index) {
+            return Some(block.clone());
+        }
+        cached.bytes += block.frames.len();
+        cached.by_index.insert(index, block.clone());
+        while cached.bytes > REPLAY_CACHE_BYTES && cached.by_index.len() > 1 {
+            if let Some((_, old)) = cached.by_index.pop_first() {
+                cached.bytes -= old.frames.len();
+            }
+        }
+        Some(block)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        // A panic while the lock was held leaves a map and a count that are still usable.
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +207,60 @@ mod tests {
             .into_response()
             .into_body();
         body.collect().await.unwrap().to_bytes()
+    }
+
+    fn stored(id: u64) -> Arc<StoredEvent> {
+        use lpcmon_protocol::message::ProducerKind;
+        use lpcmon_protocol::server::ProducerInfo;
+        Arc::new(StoredEvent {
+            id,
+            kind: crate::kind::Kind::Loss,
+            pid: None,
+            producer: Arc::new(ProducerInfo {
+                conn: 1,
+                kind: ProducerKind::Loadgen,
+                instance: [1; 16],
+                instance_hex: "01".repeat(16),
+                version: 1,
+                os: String::new(),
+                os_build: 0,
+                client_pid: 1,
+                max_message: 1024,
+                connected_at: 0,
+            }),
+            search: "".into(),
+            json: serde_json::value::RawValue::from_string(format!(r#"{{"id":{id}}}"#))
+                .unwrap()
+                .into(),
+        })
+    }
+
+    #[test]
+    fn replay_blocks_are_whole_blocks_shared_and_sliced_per_event() {
+        let mut store = Store::new(1000, usize::MAX);
+        for id in 1..=REPLAY_BLOCK + 10 {
+            store.push(stored(id));
+        }
+        let cache = ReplayCache::default();
+        let block = cache.block(&store, 3).expect("ids 1-256 are all stored");
+        assert!(Arc::ptr_eq(&block, &cache.block(&store, REPLAY_BLOCK).unwrap()));
+        assert_eq!(block.last_id(), REPLAY_BLOCK);
+        let expected: Vec<u8> = (3..=5).flat_map(|id| event_frame(&stored(id)).to_vec()).collect();
+        assert_eq!(block.frames(3, 5), expected);
+        assert_eq!(block.frames(1, 1), event_frame(&stored(1)));
+        assert_eq!(
+            block.frames(REPLAY_BLOCK, REPLAY_BLOCK),
+            event_frame(&stored(REPLAY_BLOCK))
+        );
+        // The next block is not all stored yet, and id 0 names no block.
+        assert!(cache.block(&store, REPLAY_BLOCK + 1).is_none());
+        assert!(cache.block(&store, 0).is_none());
+        // Nor is a block the store has partly evicted.
+        let mut tail = Store::new(100, usize::MAX);
+        for id in 1..=REPLAY_BLOCK {
+            tail.push(stored(id));
+        }
+        assert!(ReplayCache::default().block(&tail, 200).is_none());
     }
 
     #[tokio::test]

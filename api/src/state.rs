@@ -8,7 +8,7 @@ use lpcmon_store::Database;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::ApiConfig;
-use crate::frame::Live;
+use crate::frame::{Live, ReplayCache};
 use crate::publish::Publisher;
 use crate::stats::Stats;
 use crate::store::{Store, StoredEvent};
@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// of holding the sender back.
     pub live: Arc<Publisher>,
     pub sse: SseCounters,
+    /// Frames of stored events rendered once for every stream that catches up on them.
+    pub replay: ReplayCache,
     /// Set once the service is shutting down: every SSE stream ends.
     pub closing: watch::Sender<bool>,
     pub notices: RwLock<Vec<String>>,
@@ -131,6 +133,7 @@ impl AppState {
             stats: Mutex::new(stats),
             live,
             sse: SseCounters::default(),
+            replay: ReplayCache::default(),
             closing: watch::Sender::new(false),
             notices: RwLock::new(Vec::new()),
             started: Instant::now(),
@@ -204,6 +207,10 @@ impl AppState {
 
     pub(crate) fn sse(&self) -> &SseCounters {
         &self.0.sse
+    }
+
+    pub(crate) fn replay(&self) -> &ReplayCache {
+        &self.0.replay
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Live> {

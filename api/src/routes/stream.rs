@@ -88,6 +88,12 @@ impl Frames {
             }
         };
         self.wrote_since_tick = true;
+        if let Item::Live(frames) = &first {
+            // A run of replayed frames is large enough to go out as it is, without a copy.
+            if frames.len() >= MAX_WRITE / 4 {
+                return Some(frames.clone());
+            }
+        }
         let Next::Item(second) = self.follower.try_next() else {
             // A closed broadcast is seen again by the next call, which ends the stream.
             return Some(match first {

@@ -65,6 +65,35 @@ async fn replays_from_last_event_id_then_goes_live_without_duplicates() {
 }
 
 #[tokio::test]
+async fn a_long_replay_from_shared_blocks_is_whole_and_in_order() {
+    // Past two whole replay blocks (256 ids each) and into an incomplete third, which each
+    // stream renders itself: all of it reads back as whole frames in id order.
+    const EVENTS: u64 = 600;
+    let s = Server::start(ApiConfig::default()).await;
+    send_events(&s, 1, EVENTS).await;
+    s.wait_stored(EVENTS).await;
+    let mut all = s.sse("/events/stream?after=0", &[]).await;
+    let mut exits = s.sse("/events/stream?after=100&kind=process.exit", &[]).await;
+    let mut again = s.sse("/events/stream", &[("last-event-id", "255")]).await;
+    for id in 1..=EVENTS {
+        let frame = all.event().await;
+        assert_eq!((frame.id(), frame.json()["id"].as_u64()), (id, Some(id)));
+        assert_eq!(frame.event.as_deref(), frame.json()["kind"].as_str());
+    }
+    for id in (102..=EVENTS).step_by(2) {
+        let frame = exits.event().await;
+        assert_eq!((frame.id(), frame.event.as_deref()), (id, Some("process.exit")));
+    }
+    for id in 256..=EVENTS {
+        assert_eq!(again.event().await.id(), id);
+    }
+    send_events(&s, EVENTS + 1, 2).await;
+    assert_eq!(all.event().await.id(), EVENTS + 1);
+    assert_eq!(exits.event().await.id(), EVENTS + 2);
+    assert_eq!(again.event().await.id(), EVENTS + 1);
+}
+
+#[tokio::test]
 async fn without_a_position_the_stream_starts_live() {
     let s = Server::start(ApiConfig::default()).await;
     send_events(&s, 1, 3).await;

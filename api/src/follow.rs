@@ -28,7 +28,7 @@ use tokio::sync::broadcast::{
 };
 
 use crate::durable;
-use crate::frame::Live;
+use crate::frame::{Live, REPLAY_BLOCK};
 use crate::query::Filter;
 use crate::state::{AppState, GapReason};
 use crate::store::StoredEvent;
@@ -209,29 +209,42 @@ impl Follower {
             });
         }
         let last = self.done.saturating_add(CATCH_UP_CHUNK).min(newest);
+        // The whole blocks around the chunk are read too (Arc clones only), so that each can
+        // be rendered once for every stream; rendering happens after the lock is released.
+        let block = |id: u64| (id - 1) / REPLAY_BLOCK;
+        let base = (block(self.done + 1) * REPLAY_BLOCK + 1).max(oldest);
+        let top = ((block(last) + 1) * REPLAY_BLOCK).min(newest);
+        let events: Vec<Arc<StoredEvent>> = store.range(base, top).cloned().collect();
+        drop(store);
+        let span = |first: u64, last: u64| &events[(first - base) as usize..=(last - base) as usize];
         let mut id = self.done + 1;
         while id <= last {
-            let Some(block) = self.state.replay().block(&store, id) else {
-                // The newest, incomplete block: rendered by this stream.
-                for event in store.range(id, last) {
+            let index = block(id);
+            let (block_first, block_last) = (index * REPLAY_BLOCK + 1, (index + 1) * REPLAY_BLOCK);
+            let upto = block_last.min(last);
+            if block_first < oldest || block_last > newest {
+                // Not all of the block is stored (the newest one, still filling): rendered by
+                // this stream.
+                for event in span(id, upto) {
                     if self.filter.matches(event) {
                         self.pending.push_back(Item::Event(event.clone()));
                     }
                 }
-                break;
-            };
+                id = upto + 1;
+                continue;
+            }
+            let shared = self.state.replay().block(index, span(block_first, block_last));
             // Each run of matching events is one shared slice of the block's frames.
-            let upto = block.last_id().min(last);
             let mut run: Option<(u64, u64)> = None;
-            for event in store.range(id, upto) {
+            for event in span(id, upto) {
                 if self.filter.matches(event) {
                     run = Some(run.map_or((event.id, event.id), |(first, _)| (first, event.id)));
                 } else if let Some((first, end)) = run.take() {
-                    self.pending.push_back(Item::Live(block.frames(first, end)));
+                    self.pending.push_back(Item::Live(shared.frames(first, end)));
                 }
             }
             if let Some((first, end)) = run {
-                self.pending.push_back(Item::Live(block.frames(first, end)));
+                self.pending.push_back(Item::Live(shared.frames(first, end)));
             }
             id = upto + 1;
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::state::GapReason;
-use crate::store::{Store, StoredEvent};
+use crate::store::StoredEvent;
 
 /// What the live broadcast carries: the stored event (filters look at it) and its frame.
 #[derive(Debug, Clone)]
@@ -129,7 +129,8 @@ impl Block {
     }
 
     /// The block's last id.
-    pub fn last_id(&self) -> u64 {
+    #[cfg(test)]
+    fn last_id(&self) -> u64 {
         self.first_id + self.ends.len() as u64 - 1
     }
 
@@ -142,7 +143,7 @@ impl Block {
 }
 
 /// Replay blocks rendered from the in-memory store, shared by every catching-up stream. A
-/// block is rendered only once all its ids are in the store, and never changes after; the
+/// block is asked for only once all its ids are in the store, and never changes after; the
 /// cache holds at most [`REPLAY_CACHE_BYTES`] and forgets the oldest blocks first (a stream
 /// that far behind renders what it reads itself).
 #[derive(Debug, Default)]
@@ -157,24 +158,19 @@ struct Cached {
 }
 
 impl ReplayCache {
-    /// The block holding `id`, if every id of it is in `store`; rendered now if no stream
-    /// asked for it before.
-    pub fn block(&self, store: &Store, id: u64) -> Option<Arc<Block>> {
-        let index = id.checked_sub(1)? / REPLAY_BLOCK;
-        let first = index * REPLAY_BLOCK + 1;
-        let last = first + REPLAY_BLOCK - 1;
-        if store.oldest_id()? > first || store.newest_id()? < last {
-            return None;
-        }
+    /// Block number `index` (ids `1 + index * REPLAY_BLOCK` on), rendered from `events` (all
+    /// of its events, in order) unless a stream asked for it before. Called without the
+    /// store's lock: rendering never holds up ingest.
+    pub fn block(&self, index: u64, events: &[Arc<StoredEvent>]) -> Arc<Block> {
         if let Some(block) = self.lock().by_index.get(&index) {
-            return Some(block.clone());
+            return block.clone();
         }
         // Rendered outside the cache's lock: two streams may both render a new block, and
         // the first one stored is kept.
-        let block = Arc::new(Block::render(first, store.range(first, last)));
+        let block = Arc::new(Block::render(index * REPLAY_BLOCK + 1, events.iter()));
         let mut cached = self.lock();
         if let Some(block) = cached.by_index.get(&index) {
-            return Some(block.clone());
+            return block.clone();
         }
         cached.bytes += block.frames.len();
         cached.by_index.insert(index, block.clone());
@@ -183,7 +179,7 @@ impl ReplayCache {
                 cached.bytes -= old.frames.len();
             }
         }
-        Some(block)
+        block
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
@@ -236,14 +232,12 @@ mod tests {
     }
 
     #[test]
-    fn replay_blocks_are_whole_blocks_shared_and_sliced_per_event() {
-        let mut store = Store::new(1000, usize::MAX);
-        for id in 1..=REPLAY_BLOCK + 10 {
-            store.push(stored(id));
-        }
+    fn replay_blocks_are_rendered_once_shared_and_sliced_per_event() {
+        let events: Vec<_> = (1..=2 * REPLAY_BLOCK).map(stored).collect();
         let cache = ReplayCache::default();
-        let block = cache.block(&store, 3).expect("ids 1-256 are all stored");
-        assert!(Arc::ptr_eq(&block, &cache.block(&store, REPLAY_BLOCK).unwrap()));
+        let first = &events[..REPLAY_BLOCK as usize];
+        let block = cache.block(0, first);
+        assert!(Arc::ptr_eq(&block, &cache.block(0, first)));
         assert_eq!(block.last_id(), REPLAY_BLOCK);
         let expected: Vec<u8> = (3..=5).flat_map(|id| event_frame(&stored(id)).to_vec()).collect();
         assert_eq!(block.frames(3, 5), expected);
@@ -252,15 +246,14 @@ mod tests {
             block.frames(REPLAY_BLOCK, REPLAY_BLOCK),
             event_frame(&stored(REPLAY_BLOCK))
         );
-        // The next block is not all stored yet, and id 0 names no block.
-        assert!(cache.block(&store, REPLAY_BLOCK + 1).is_none());
-        assert!(cache.block(&store, 0).is_none());
-        // Nor is a block the store has partly evicted.
-        let mut tail = Store::new(100, usize::MAX);
-        for id in 1..=REPLAY_BLOCK {
-            tail.push(stored(id));
-        }
-        assert!(ReplayCache::default().block(&tail, 200).is_none());
+        let second = cache.block(1, &events[REPLAY_BLOCK as usize..]);
+        assert_eq!(
+            (
+                second.last_id(),
+                second.frames(REPLAY_BLOCK + 1, REPLAY_BLOCK + 1)
+            ),
+            (2 * REPLAY_BLOCK, event_frame(&stored(REPLAY_BLOCK + 1)))
+        );
     }
 
     #[tokio::test]

@@ -206,24 +206,11 @@ mod tests {
     }
 
     fn stored(id: u64) -> Arc<StoredEvent> {
-        use lpcmon_protocol::message::ProducerKind;
-        use lpcmon_protocol::server::ProducerInfo;
         Arc::new(StoredEvent {
             id,
             kind: crate::kind::Kind::Loss,
             pid: None,
-            producer: Arc::new(ProducerInfo {
-                conn: 1,
-                kind: ProducerKind::Loadgen,
-                instance: [1; 16],
-                instance_hex: "01".repeat(16),
-                version: 1,
-                os: String::new(),
-                os_build: 0,
-                client_pid: 1,
-                max_message: 1024,
-                connected_at: 0,
-            }),
+            producer: crate::store::tests::producer(),
             search: "".into(),
             json: serde_json::value::RawValue::from_string(format!(r#"{{"id":{id}}}"#))
                 .unwrap()

@@ -92,15 +92,16 @@ impl Publisher {
         if self.live.receiver_count() == 0 {
             return;
         }
-        let Ok(runtime) = Handle::try_current() else {
-            let _sending = lock(&self.sending);
-            self.send(event);
-            return;
-        };
+        let runtime = Handle::try_current();
         let waiting = {
             let mut waiting = lock(&self.waiting);
             waiting.push(event);
             waiting.len()
+        };
+        let Ok(runtime) = runtime else {
+            // No task can send it later: at once, behind anything still waiting.
+            self.send_waiting();
+            return;
         };
         if waiting >= self.max_burst {
             // The task spawned for this burst finds nothing left and sends nothing.

@@ -22,10 +22,13 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use lpcmon_store::{Database, Order};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 use crate::durable;
-use crate::frame::Live;
+use crate::frame::{Live, REPLAY_BLOCK};
 use crate::query::Filter;
 use crate::state::{AppState, GapReason};
 use crate::store::StoredEvent;
@@ -38,7 +41,8 @@ const CATCH_UP_CHUNK: u64 = 1024;
 pub enum Item {
     /// A replayed event, rendered by the stream that sends it.
     Event(Arc<StoredEvent>),
-    /// A live event's frame, rendered once at ingest and shared by every stream.
+    /// Ready-made frames shared by every stream: a live event's, rendered once at ingest, or
+    /// a run of replayed events' from the shared replay cache.
     Live(Bytes),
     Gap {
         missed: u64,
@@ -47,6 +51,16 @@ pub enum Item {
         /// after the hole instead of reporting it again.
         last_id: u64,
     },
+}
+
+/// What [`Follower::try_next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Item(Item),
+    /// Nothing is ready now.
+    Empty,
+    /// The broadcast has ended.
+    Closed,
 }
 
 /// Counts a connected client for as long as it lives.
@@ -110,27 +124,61 @@ impl Follower {
     /// stream by the caller, not here per event.
     pub async fn next(&mut self) -> Option<Item> {
         loop {
-            if let Some(item) = self.pending.pop_front() {
+            match self.try_next() {
+                Next::Item(item) => return Some(item),
+                Next::Closed => return None,
+                Next::Empty => {}
+            }
+            let received = self.live.recv().await;
+            if let Some(item) = self.on_live(received)? {
                 return Some(item);
+            }
+        }
+    }
+
+    /// The next event or gap if one is ready now, without waiting: what a stream takes after
+    /// the first item of a write, so that a burst of live events leaves in one write.
+    pub fn try_next(&mut self) -> Next {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Next::Item(item);
             }
             if let Some(reason) = self.catch_up {
                 self.read_store(reason);
                 continue;
             }
-            match self.live.recv().await {
-                Ok(live) if live.event.id <= self.done => {}
-                Ok(live) if live.event.id == self.done + 1 => {
-                    self.done = live.event.id;
-                    if self.filter.matches(&live.event) {
-                        return Some(Item::Live(live.frame));
-                    }
-                }
-                // Broadcasts arrive in id order without holes, but if one ever skipped, the
-                // store (which every event reaches before the broadcast) fills it in.
-                Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up = Some(GapReason::Lagged),
-                Err(RecvError::Closed) => return None,
+            let received = match self.live.try_recv() {
+                Ok(live) => Ok(live),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => return Next::Empty,
+            };
+            match self.on_live(received) {
+                Some(Some(item)) => return Next::Item(item),
+                Some(None) => {}
+                None => return Next::Closed,
             }
         }
+    }
+
+    /// What a broadcast receive means: an item to send, `Some(None)` for nothing to send (a
+    /// duplicate, a filtered-out event, or a lag that the store now fills in), `None` when the
+    /// broadcast has ended.
+    fn on_live(&mut self, received: Result<Live, RecvError>) -> Option<Option<Item>> {
+        match received {
+            Ok(live) if live.event.id <= self.done => {}
+            Ok(live) if live.event.id == self.done + 1 => {
+                self.done = live.event.id;
+                if self.filter.matches(&live.event) {
+                    return Some(Some(Item::Live(live.frame)));
+                }
+            }
+            // Broadcasts arrive in id order without holes, but if one ever skipped, the store
+            // (which every event reaches before the broadcast) fills it in.
+            Ok(_) | Err(RecvError::Lagged(_)) => self.catch_up = Some(GapReason::Lagged),
+            Err(RecvError::Closed) => return None,
+        }
+        Some(None)
     }
 
     /// Queues the next chunk of stored events after `done`, and a gap first if the store has
@@ -161,10 +209,44 @@ impl Follower {
             });
         }
         let last = self.done.saturating_add(CATCH_UP_CHUNK).min(newest);
-        for event in store.range(self.done + 1, last) {
-            if self.filter.matches(event) {
-                self.pending.push_back(Item::Event(event.clone()));
+        // The whole blocks around the chunk are read too (Arc clones only), so that each can
+        // be rendered once for every stream; rendering happens after the lock is released.
+        let block = |id: u64| (id - 1) / REPLAY_BLOCK;
+        let base = (block(self.done + 1) * REPLAY_BLOCK + 1).max(oldest);
+        let top = ((block(last) + 1) * REPLAY_BLOCK).min(newest);
+        let events: Vec<Arc<StoredEvent>> = store.range(base, top).cloned().collect();
+        drop(store);
+        let span = |first: u64, last: u64| &events[(first - base) as usize..=(last - base) as usize];
+        let mut id = self.done + 1;
+        while id <= last {
+            let index = block(id);
+            let (block_first, block_last) = (index * REPLAY_BLOCK + 1, (index + 1) * REPLAY_BLOCK);
+            let upto = block_last.min(last);
+            if block_first < oldest || block_last > newest {
+                // Not all of the block is stored (the newest one, still filling): rendered by
+                // this stream.
+                for event in span(id, upto) {
+                    if self.filter.matches(event) {
+                        self.pending.push_back(Item::Event(event.clone()));
+                    }
+                }
+                id = upto + 1;
+                continue;
             }
+            let shared = self.state.replay().block(index, span(block_first, block_last));
+            // Each run of matching events is one shared slice of the block's frames.
+            let mut run: Option<(u64, u64)> = None;
+            for event in span(id, upto) {
+                if self.filter.matches(event) {
+                    run = Some(run.map_or((event.id, event.id), |(first, _)| (first, event.id)));
+                } else if let Some((first, end)) = run.take() {
+                    self.pending.push_back(Item::Live(shared.frames(first, end)));
+                }
+            }
+            if let Some((first, end)) = run {
+                self.pending.push_back(Item::Live(shared.frames(first, end)));
+            }
+            id = upto + 1;
         }
         self.done = self.done.max(last);
         // A hole found in a later chunk means the client fell behind while catching up.

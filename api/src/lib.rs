@@ -27,6 +27,7 @@ mod json;
 mod kind;
 mod metrics;
 mod page;
+mod publish;
 mod query;
 mod report;
 mod routes;

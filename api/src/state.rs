@@ -9,7 +9,8 @@ use lpcmon_store::Database;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::ApiConfig;
-use crate::frame::Live;
+use crate::frame::{Live, ReplayCache};
+use crate::publish::Publisher;
 use crate::stats::Stats;
 use crate::store::{Store, StoredEvent};
 use crate::timefmt::now_ns;
@@ -76,10 +77,12 @@ pub(crate) struct Shared {
     pub stats: Mutex<Stats>,
     /// What the outputs waiting in the ingest channel hold, in bytes.
     pub ingest_budget: Arc<IngestBudget>,
-    /// New events, for live SSE streams. Bounded: a slow receiver lags instead of holding
-    /// the sender back.
-    pub live: broadcast::Sender<Live>,
+    /// New events, for live SSE streams, sent in bursts. Bounded: a slow receiver lags instead
+    /// of holding the sender back.
+    pub live: Arc<Publisher>,
     pub sse: SseCounters,
+    /// Frames of stored events rendered once for every stream that catches up on them.
+    pub replay: ReplayCache,
     /// Set once the service is shutting down: every SSE stream ends.
     pub closing: watch::Sender<bool>,
     pub notices: RwLock<Vec<String>>,
@@ -114,7 +117,11 @@ impl AppState {
     }
 
     fn build(config: ApiConfig, database: Option<Arc<Database>>) -> Self {
-        let (live, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let live = Publisher::new(
+            config.broadcast_capacity,
+            config.sse_coalesce,
+            config.sse_coalesce_per_stream,
+        );
         let mut stats = Stats::new(config.max_producers);
         let ingest_budget = Arc::new(IngestBudget::new(
             config.ingest_bytes.unwrap_or(config.retain_bytes / 8),
@@ -134,6 +141,7 @@ impl AppState {
             ingest_budget,
             live,
             sse: SseCounters::default(),
+            replay: ReplayCache::default(),
             closing: watch::Sender::new(false),
             notices: RwLock::new(Vec::new()),
             started: Instant::now(),
@@ -216,19 +224,21 @@ impl AppState {
         &self.0.sse
     }
 
+    pub(crate) fn replay(&self) -> &ReplayCache {
+        &self.0.replay
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.0.live.subscribe()
     }
 
     /// Publishes a stored event to live streams, with its SSE frame rendered once for all of
-    /// them. With no stream listening, a send would drop the value anyway (the store has the
-    /// event), so the frame is not rendered at all. A stream subscribing right after this
-    /// check reads the store after subscribing, and finds the event there.
+    /// them, in the next burst (see [`crate::publish`]). With no stream listening, a send would
+    /// drop the value anyway (the store has the event), so the frame is not rendered at all. A
+    /// stream subscribing right after this check reads the store after subscribing, and finds
+    /// the event there.
     pub(crate) fn publish(&self, event: Arc<StoredEvent>) {
-        if self.0.live.receiver_count() == 0 {
-            return;
-        }
-        let _ = self.0.live.send(Live::new(event));
+        self.0.live.publish(event);
     }
 
     /// Whole seconds since the state was created, the clock of the rate windows.

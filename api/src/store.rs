@@ -182,11 +182,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lpcmon_protocol::message::ProducerKind;
 
-    fn producer() -> Arc<ProducerInfo> {
+    pub(crate) fn producer() -> Arc<ProducerInfo> {
         Arc::new(ProducerInfo {
             conn: 1,
             kind: ProducerKind::Loadgen,

@@ -168,6 +168,7 @@ async fn serve_until(
         idle_timeout,
         // Streams must write more often than the idle timeout, or it would close them.
         keepalive: ApiConfig::default().keepalive.min(idle_timeout / 3),
+        sse_coalesce: args.sse_coalesce.0,
         ..ApiConfig::default()
     };
     let (state, restored) = match &database {

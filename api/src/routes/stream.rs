@@ -8,12 +8,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
-use crate::follow::{Follower, Item};
+use crate::follow::{Follower, Item, Next};
 use crate::frame;
 use crate::query::{ApiQuery, QueryParams, StreamQuery, parse_decimal};
 use crate::state::AppState;
@@ -36,20 +36,30 @@ fn resume_after(headers: &HeaderMap, query_after: Option<u64>) -> Result<Option<
         .ok_or_else(|| ApiError::bad_request(format!("Last-Event-ID must be an event id, not {text:?}")))
 }
 
-fn frame(item: Item) -> Bytes {
+/// Most bytes one write carries when several frames are ready; more wait for the next write,
+/// so one stream's turn on the runtime stays short.
+const MAX_WRITE: usize = 64 * 1024;
+
+/// Appends an item's frame to a write of several.
+fn put(out: &mut BytesMut, item: Item) {
     match item {
-        Item::Live(frame) => frame,
-        Item::Event(event) => frame::event_frame(&event),
+        Item::Live(frame) => out.extend_from_slice(&frame),
+        Item::Event(event) => frame::put_event(out, &event),
         Item::Gap {
             missed,
             reason,
             last_id,
-        } => frame::gap_frame(missed, reason, last_id),
+        } => frame::put_gap(out, missed, reason, last_id),
     }
 }
 
 /// One stream's frames: the follower's events and gaps, and a keep-alive comment when a whole
 /// `keepalive` period passed without a frame.
+///
+/// Each write carries every frame ready when it is made (up to [`MAX_WRITE`]): live events are
+/// published in bursts (see `crate::publish`), and a stream that catches up from the store
+/// has many ready at once, so one wake-up and one write serve many events. A single live frame
+/// is written as the shared bytes it is, without a copy.
 ///
 /// The timer is not touched per frame (no clock read, no re-arming for every event of every
 /// stream): each tick asks whether anything was written since the previous one. So a quiet
@@ -64,13 +74,10 @@ struct Frames {
 
 impl Frames {
     async fn next(&mut self) -> Option<Bytes> {
-        loop {
+        let first = loop {
             tokio::select! {
                 biased;
-                item = self.follower.next() => {
-                    self.wrote_since_tick = true;
-                    return item.map(frame);
-                }
+                item = self.follower.next() => break item?,
                 () = self.tick.as_mut() => {
                     self.tick.as_mut().reset(Instant::now() + self.keepalive);
                     if std::mem::take(&mut self.wrote_since_tick) {
@@ -79,7 +86,38 @@ impl Frames {
                     return Some(frame::KEEP_ALIVE);
                 }
             }
+        };
+        self.wrote_since_tick = true;
+        if let Item::Live(frames) = &first {
+            // A run of replayed frames is large enough to go out as it is, without a copy.
+            if frames.len() >= MAX_WRITE / 4 {
+                return Some(frames.clone());
+            }
         }
+        let Next::Item(second) = self.follower.try_next() else {
+            // A closed broadcast is seen again by the next call, which ends the stream.
+            return Some(match first {
+                Item::Live(frame) => frame,
+                other => {
+                    let mut out = BytesMut::new();
+                    put(&mut out, other);
+                    out.freeze()
+                }
+            });
+        };
+        let mut out = BytesMut::with_capacity(8 * 1024);
+        put(&mut out, first);
+        put(&mut out, second);
+        while out.len() < MAX_WRITE {
+            match self.follower.try_next() {
+                Next::Item(item) => put(&mut out, item),
+                Next::Empty | Next::Closed => break,
+            }
+        }
+        // Bounded work per turn: a stream with much to catch up on yields to other tasks (and
+        // to `/healthz`) once its cooperative budget is spent.
+        tokio::task::consume_budget().await;
+        Some(out.freeze())
     }
 }
 

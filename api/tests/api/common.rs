@@ -102,6 +102,7 @@ impl Server {
             headers: response.headers().clone(),
             body: Box::pin(response.bytes_stream()),
             buf: String::new(),
+            chunks: 0,
         }
     }
 }
@@ -234,6 +235,8 @@ pub struct SseClient {
     pub headers: HeaderMap,
     body: Body,
     buf: String,
+    /// Body chunks read so far: at most the number of writes the server made.
+    pub chunks: u64,
 }
 
 impl SseClient {
@@ -246,6 +249,7 @@ impl SseClient {
                 return Some(parse_block(&block));
             }
             let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??;
+            self.chunks += 1;
             self.buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
         }
     }

@@ -65,6 +65,35 @@ async fn replays_from_last_event_id_then_goes_live_without_duplicates() {
 }
 
 #[tokio::test]
+async fn a_long_replay_from_shared_blocks_is_whole_and_in_order() {
+    // Past two whole replay blocks (256 ids each) and into an incomplete third, which each
+    // stream renders itself: all of it reads back as whole frames in id order.
+    const EVENTS: u64 = 600;
+    let s = Server::start(ApiConfig::default()).await;
+    send_events(&s, 1, EVENTS).await;
+    s.wait_stored(EVENTS).await;
+    let mut all = s.sse("/events/stream?after=0", &[]).await;
+    let mut exits = s.sse("/events/stream?after=100&kind=process.exit", &[]).await;
+    let mut again = s.sse("/events/stream", &[("last-event-id", "255")]).await;
+    for id in 1..=EVENTS {
+        let frame = all.event().await;
+        assert_eq!((frame.id(), frame.json()["id"].as_u64()), (id, Some(id)));
+        assert_eq!(frame.event.as_deref(), frame.json()["kind"].as_str());
+    }
+    for id in (102..=EVENTS).step_by(2) {
+        let frame = exits.event().await;
+        assert_eq!((frame.id(), frame.event.as_deref()), (id, Some("process.exit")));
+    }
+    for id in 256..=EVENTS {
+        assert_eq!(again.event().await.id(), id);
+    }
+    send_events(&s, EVENTS + 1, 2).await;
+    assert_eq!(all.event().await.id(), EVENTS + 1);
+    assert_eq!(exits.event().await.id(), EVENTS + 2);
+    assert_eq!(again.event().await.id(), EVENTS + 1);
+}
+
+#[tokio::test]
 async fn without_a_position_the_stream_starts_live() {
     let s = Server::start(ApiConfig::default()).await;
     send_events(&s, 1, 3).await;
@@ -112,12 +141,30 @@ async fn resuming_from_evicted_events_reports_an_exact_gap() {
 async fn a_slow_client_is_told_exactly_what_it_missed() {
     // A tiny live buffer and store, and events big enough that the socket buffers fill long
     // before the producer is done, so the stream really falls behind.
-    let s = Server::start(ApiConfig {
+    slow_client_is_told_exactly_what_it_missed(ApiConfig {
         retain: 16,
         broadcast_capacity: 4,
         ..ApiConfig::default()
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_slow_client_is_told_exactly_what_it_missed_when_events_are_coalesced() {
+    // As above, with every event waiting for a coalescing window, and bursts of several
+    // events at a time in the broadcast.
+    slow_client_is_told_exactly_what_it_missed(ApiConfig {
+        retain: 16,
+        broadcast_capacity: 16,
+        sse_coalesce: Duration::from_millis(5),
+        sse_coalesce_per_stream: Duration::from_millis(5),
+        ..ApiConfig::default()
+    })
+    .await;
+}
+
+async fn slow_client_is_told_exactly_what_it_missed(config: ApiConfig) {
+    let s = Server::start(config).await;
     let p = producer(ProducerKind::Loadgen, 9);
     let big = "x".repeat(64 * 1024);
     const TOTAL: u64 = 300;
@@ -152,6 +199,61 @@ async fn a_slow_client_is_told_exactly_what_it_missed() {
     );
     let (_, stats) = s.get_json("/stats").await;
     assert_eq!(stats["sse"]["missed"]["lagged"], lagged);
+}
+
+#[tokio::test]
+async fn coalesced_events_leave_together_after_the_window_whole_and_in_order() {
+    const WINDOW: Duration = Duration::from_millis(200);
+    const EVENTS: u64 = 100;
+    let s = Server::start(ApiConfig {
+        sse_coalesce: WINDOW,
+        // One open stream is enough for the whole window.
+        sse_coalesce_per_stream: WINDOW,
+        ..ApiConfig::default()
+    })
+    .await;
+    let mut all = s.sse("/events/stream", &[]).await;
+    let mut execs = s.sse("/events/stream?kind=process.exec", &[]).await;
+    for sse in [&mut all, &mut execs] {
+        assert_eq!(sse.frame(WAIT).await.unwrap().retry.as_deref(), Some("2000"));
+    }
+    let chunks_before = (all.chunks, execs.chunks);
+
+    let sent = tokio::time::Instant::now();
+    send_events(&s, 1, EVENTS).await;
+    let first = all.event().await;
+    assert!(
+        sent.elapsed() >= WINDOW,
+        "the first event left {:?} after it was sent, inside the {WINDOW:?} window",
+        sent.elapsed()
+    );
+    assert_eq!(first.id(), 1);
+    for id in 2..=EVENTS {
+        let frame = all.event().await;
+        assert_eq!(frame.id(), id, "whole frames, in order");
+        assert_eq!(frame.json()["id"], id);
+    }
+    for id in (1..=EVENTS).step_by(2) {
+        let frame = execs.event().await;
+        assert_eq!(frame.id(), id, "a filtered stream skips, in order");
+        assert_eq!(frame.event.as_deref(), Some("process.exec"));
+    }
+    // Sent in one or a few bursts (one per window), each written as one chunk (or split by
+    // the client's reads), not one write per event.
+    let (all_chunks, exec_chunks) = (all.chunks - chunks_before.0, execs.chunks - chunks_before.1);
+    assert!(
+        all_chunks <= EVENTS / 4,
+        "{all_chunks} chunks for {EVENTS} events"
+    );
+    assert!(
+        exec_chunks <= EVENTS / 8,
+        "{exec_chunks} chunks for {} events",
+        EVENTS / 2
+    );
+    assert!(
+        all.frame(Duration::from_millis(300)).await.is_none(),
+        "nothing twice"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //!   the deliveries. The load generator runs in a child process and is not counted.
 //! - **Ingest delay p99**: `received` − `time` of every event one probe client reads (the
 //!   ingest task's clock against the load generator's push).
-//! - **`/healthz` p99**: a request every 20 ms during the run, on its own connection.
+//! - **`/healthz` p99**: a request every 20 ms during the run, on its own connection, from a
+//!   thread and runtime of its own.
 //!
 //! The clients are kept light: they look for frame boundaries and event names with `memmem`
 //! and parse JSON only for a `gap` (and, in the probe, two timestamps per event).
@@ -34,6 +35,8 @@ const QUEUE: usize = 4096;
 pub const CLIENT_THREAD: &str = "bench-sse-client";
 /// What `/proc` shows of it: a thread's `comm` is cut to 15 bytes.
 const CLIENT_COMM: &str = "bench-sse-clien";
+/// The `/healthz` probe's thread, also a client.
+const HEALTHZ_THREAD: &str = "bench-healthz";
 
 pub struct Fanout {
     pub clients: usize,
@@ -78,36 +81,21 @@ pub async fn run(
     })
     .await?;
 
-    // /healthz on its own connection, every 20 ms, until the run ends.
-    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    // /healthz on its own connection, every 20 ms, until the run ends, from a thread and
+    // runtime of its own (as an outside monitor would be): its own scheduling must not sit in
+    // the queue of the server's runtime, or the figure would be the bench's, not the server's.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let health_url = format!("{base}/healthz");
-    let health_client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let health = tokio::spawn(async move {
-        let mut hist = new_histogram();
-        let mut failures = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                _ = tick.tick() => {}
-            }
-            let start = Instant::now();
-            let ok = tokio::time::timeout(Duration::from_secs(30), async {
-                health_client.get(&health_url).send().await?.bytes().await
-            })
-            .await;
-            match ok {
-                Ok(Ok(_)) => {
-                    let _ = hist.record((start.elapsed().as_nanos() as u64).max(1));
-                }
-                _ => failures += 1,
-            }
-        }
-        (hist, failures)
-    });
+    let health = std::thread::Builder::new()
+        .name(HEALTHZ_THREAD.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(healthz_probe(health_url, stop_rx))
+        })
+        .map_err(|e| format!("healthz thread: {e}"))?;
 
     let cpu_before = thread_cpu();
     let started = Instant::now();
@@ -127,7 +115,10 @@ pub async fn run(
     let wall_s = started.elapsed().as_secs_f64();
     let cpu_after = thread_cpu();
     let _ = stop_tx.send(());
-    let (healthz, healthz_failures) = health.await.map_err(|e| format!("healthz task: {e}"))?;
+    let (healthz, healthz_failures) = tokio::task::spawn_blocking(move || health.join())
+        .await
+        .map_err(|e| format!("healthz thread: {e}"))?
+        .map_err(|_| "the healthz thread panicked")??;
     Ok(Fanout {
         clients: CLIENTS,
         expected: expected * CLIENTS as u64,
@@ -142,6 +133,39 @@ pub async fn run(
         healthz_failures,
         sent: report["sent"].as_u64().unwrap_or(0),
     })
+}
+
+/// Asks for `/healthz` every 20 ms until `stop`: the latency of each answer, and how many
+/// failed or took over 30 s.
+async fn healthz_probe(
+    url: String,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(Histogram<u64>, u64), String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut hist = new_histogram();
+    let mut failures = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let start = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(30), async {
+            client.get(&url).send().await?.bytes().await
+        })
+        .await;
+        match answer {
+            Ok(Ok(_)) => {
+                let _ = hist.record((start.elapsed().as_nanos() as u64).max(1));
+            }
+            _ => failures += 1,
+        }
+    }
+    Ok((hist, failures))
 }
 
 /// Reads one stream until `expected` exec events were delivered or reported missing, or until
@@ -220,7 +244,7 @@ struct Cpu {
 }
 
 /// CPU seconds (user + system) of this process's threads, split into the SSE clients' and the
-/// rest (the server's, and the bench's own small polling).
+/// rest (the server's, and the bench's own small polling); the `/healthz` probe counts as a client.
 fn thread_cpu() -> Cpu {
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -246,7 +270,7 @@ fn thread_cpu() -> Cpu {
         // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `state`.
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let seconds = (ticks(11) + ticks(12)) / tick;
-        if comm == CLIENT_COMM {
+        if comm == CLIENT_COMM || comm == HEALTHZ_THREAD {
             cpu.clients += seconds;
         } else {
             cpu.server += seconds;

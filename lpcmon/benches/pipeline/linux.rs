@@ -101,6 +101,8 @@ const CHILD_ENV: &str = "LPCMON_BENCH_LOADGEN";
 const SCENARIO_ENV: &str = "LPCMON_BENCH_SCENARIO";
 /// Where to write the figures as JSON.
 const JSON_ENV: &str = "LPCMON_BENCH_JSON";
+/// The SSE coalescing cap to run with (e.g. `0`, `5ms`), instead of the default.
+const COALESCE_ENV: &str = "LPCMON_BENCH_SSE_COALESCE";
 /// The rate-0 flood lasts at least this long (the ingest bursts, repeated).
 const FLOOD_SECONDS: u64 = 20;
 /// Enough HTTP connections for the fan-out's clients and the bench's own requests.
@@ -194,7 +196,7 @@ pub fn main() {
         return;
     }
     check_time_parser();
-    let scenarios = match Scenarios::from_env() {
+    let scenarios = match Scenarios::from_env().and_then(|s| sse_coalesce().map(|_| s)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -202,6 +204,7 @@ pub fn main() {
         }
     };
     let started = Instant::now();
+    let load_before = load_average();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut table = Table::default();
 
@@ -266,8 +269,11 @@ pub fn main() {
     }
     println!();
     println!(
-        "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s",
-        started.elapsed().as_secs_f64()
+        "lpcmon pipeline bench: {SIZE}-byte events, {cpus} CPUs, {:.1} s, load average {load_before} \
+         at the start and {} at the end, SSE coalescing up to {:?}",
+        started.elapsed().as_secs_f64(),
+        load_average(),
+        sse_coalesce().unwrap_or_default()
     );
     table.print();
     if let Ok(path) = std::env::var(JSON_ENV) {
@@ -716,6 +722,23 @@ impl Http {
     }
 }
 
+/// The SSE coalescing cap: [`COALESCE_ENV`] if set, else the service's default.
+fn sse_coalesce() -> Result<Duration, String> {
+    match std::env::var(COALESCE_ENV) {
+        Ok(text) if text.trim() == "0" => Ok(Duration::ZERO),
+        Ok(text) => humantime::parse_duration(text.trim()).map_err(|e| format!("{COALESCE_ENV}={text}: {e}")),
+        Err(_) => Ok(ApiConfig::default().sse_coalesce),
+    }
+}
+
+/// The 1-minute load average, to note beside figures taken on a shared machine.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn exec_count(stats: &Value) -> u64 {
     stats["events_by_kind"]["process.exec"].as_u64().unwrap_or(0)
 }
@@ -731,6 +754,7 @@ async fn run_server_phases(
         retain_bytes: RETAIN_BYTES,
         max_connections: MAX_HTTP_CONNECTIONS,
         ingest_bytes: Some(INGEST_BYTES),
+        sse_coalesce: sse_coalesce()?,
         ..ApiConfig::default()
     };
     let database = match pass.database {

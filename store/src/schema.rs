@@ -55,14 +55,43 @@ CREATE TABLE totals (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 2: the fleet (`serve --publish/--subscribe`, NATS JetStream). Self-contained, so it
+/// can be renumbered beside other migrations. Described in `docs/store.md`.
+///
+/// * `events.host`: the origin host of an imported event; NULL for this server's own events
+///   (their host is whatever `--host-name` says now).
+/// * `origins`: per origin server instance, the highest origin id stored and how many events
+///   and (by stage, JSON) losses were imported from it, committed in the same transaction as
+///   the imported events they cover, so a redelivery after a crash is recognised and the
+///   hosts panel counts survive restarts.
+/// * `fleet`: this database's server instance (the middle of its published message ids) and
+///   the publisher's position (every id up to it acknowledged by NATS or counted lost).
+const V2_FLEET: &str = r#"
+ALTER TABLE events ADD COLUMN host TEXT;
+CREATE INDEX events_host ON events (host, id) WHERE host IS NOT NULL;
+CREATE TABLE origins (
+    instance TEXT PRIMARY KEY,
+    host     TEXT    NOT NULL,
+    last_id  INTEGER NOT NULL,
+    events   INTEGER NOT NULL,
+    losses   TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE fleet (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+const MIGRATIONS: [&str; 2] = [V1, V2_FLEET];
+
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
 }
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {
     // One migration per version, numbered from 1.
-    1
+    MIGRATIONS.len() as i64
 }
 
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -248,5 +277,32 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, latest_version());
+    }
+
+    #[test]
+    fn a_version_1_file_gains_the_fleet_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
+            Migrations::new(vec![M::up(V1)]).to_latest(&mut conn).unwrap();
+            conn.execute(
+                "INSERT INTO events (id, time_ns, kind, producer_kind, producer, search, json) \
+                 VALUES (1, 1, 'loss', 'loadgen', 'ab', '', '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_for_writing(&path).unwrap();
+        let host: Option<String> = conn
+            .query_row("SELECT host FROM events WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(host, None);
+        let origins: i64 = conn
+            .query_row("SELECT count(*) FROM origins", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(origins, 0);
     }
 }

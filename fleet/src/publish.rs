@@ -215,6 +215,8 @@ impl Publisher {
             let mut sent = 0;
             if room > 0 {
                 for event in self.source.events_after(self.next - 1, room) {
+                    // Evicted between the bounds and this read, or a hole.
+                    self.skip_to(event.id).await;
                     self.next = event.id + 1;
                     if !self.is_local(&event) {
                         // An imported event: its origin publishes it, this server never does.
@@ -272,18 +274,27 @@ impl Publisher {
     /// Counts ids not yet sent that the store no longer holds as `publish` loss, once, and
     /// moves past them.
     async fn account_evicted(&mut self) {
-        if let (Some(oldest), _) = self.source.bounds()
-            && oldest > self.next
-        {
-            // Holes in the ids (a crash's skipped reservation) were never events.
-            let holes = self.source.ids_never_stored(self.next, oldest - 1);
-            if holes < oldest - self.next {
-                self.lost(self.next, oldest - 1, oldest - self.next - holes).await;
-            }
-            self.next = oldest;
-            if self.pending.is_empty() {
-                self.acked = self.next - 1;
-            }
+        if let (Some(oldest), _) = self.source.bounds() {
+            self.skip_to(oldest).await;
+        }
+    }
+
+    /// Moves `next` up to `held`, the oldest id the store still holds from `next` on, counting
+    /// the ids between (evicted before they were sent) as `publish` loss. Holes in the ids (a
+    /// crash's skipped reservation, a write already counted as `store` loss) were never events.
+    async fn skip_to(&mut self, held: u64) {
+        if held <= self.next {
+            return;
+        }
+        let (first, last) = (self.next, held - 1);
+        let holes = self.source.ids_never_stored(first, last);
+        let evicted = (last - first + 1).saturating_sub(holes);
+        if evicted > 0 {
+            self.lost(first, last, evicted).await;
+        }
+        self.next = held;
+        if self.pending.is_empty() {
+            self.acked = self.next - 1;
         }
     }
 

@@ -50,7 +50,8 @@ struct Position {
     kernel_drops: u64,
 }
 
-fn parse_hex(hex: &str) -> Option<[u8; 16]> {
+/// 32 hex digits as the 16 bytes of a producer instance.
+pub(crate) fn parse_hex(hex: &str) -> Option<[u8; 16]> {
     if hex.len() != 32 {
         return None;
     }

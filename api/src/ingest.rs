@@ -397,24 +397,10 @@ fn imported_producer(json: &serde_json::Map<String, serde_json::Value>) -> Optio
     let kind_name = producer.get("kind")?.as_str()?;
     let kind = ProducerKind::ALL.into_iter().find(|k| k.name() == kind_name)?;
     let instance_hex = producer.get("instance")?.as_str()?;
-    let mut instance = [0u8; 16];
-    if instance_hex.len() != 32 {
-        return None;
-    }
-    for (i, byte) in instance.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(instance_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    let instance = crate::durable::parse_hex(instance_hex)?;
     Some(Arc::new(ProducerInfo {
-        conn: 0,
-        kind,
-        instance,
         instance_hex: instance_hex.to_owned(),
-        version: 0,
-        os: String::new(),
-        os_build: 0,
-        client_pid: 0,
-        max_message: 0,
-        connected_at: 0,
+        ..ProducerInfo::known_only(kind, instance)
     }))
 }
 

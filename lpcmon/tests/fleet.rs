@@ -627,19 +627,23 @@ fn fleet_figures() {
 
     // Latency at 5,000 events/s: origin `received` to the event's arrival on the central
     // server's SSE stream (so it includes the stream's own delivery, well under a millisecond
-    // on loopback). Same machine, same clock. A stream of its own: on the default stream the
-    // central server would first import the ingest runs' backlog, and measure that.
+    // on loopback). Same machine, same clock. A nats-server of its own: on the ingest runs'
+    // stream the central server would first import their backlog, and measure that.
+    let lat_dir = dir.path().join("lat");
+    std::fs::create_dir_all(&lat_dir).unwrap();
+    let lat_nodes = nats(&lat_dir, 1);
+    let url = urls(&lat_nodes);
     let origin = Lpcmon::new(
         dir.path(),
         "lat-origin",
         Store::File,
-        &["--publish", &url, "--host-name", "lat", "--nats-stream", "LAT"],
+        &["--publish", &url, "--host-name", "lat"],
     );
     let central = Lpcmon::new(
         dir.path(),
         "lat-central",
         Store::File,
-        &["--subscribe", &url, "--host-name", "hub", "--nats-stream", "LAT"],
+        &["--subscribe", &url, "--host-name", "hub"],
     );
     let mut curl = Proc(
         Command::new("curl")

@@ -44,6 +44,8 @@ have wine || missing+=(wine wine64)
 # The examples' tests run examples/curl.sh and examples/follow.py (standard library only).
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
+# The fleet tests (lpcmon/tests/fleet.rs) start real NATS JetStream servers.
+have nats-server || missing+=(nats-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 have npm || missing+=(nodejs npm)
 have systemd-analyze || missing+=(systemd)

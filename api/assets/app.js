@@ -18,7 +18,16 @@
 
 import { AuthError, HttpError, askToken, getJSON, streamUrl } from './api.js';
 import { RateChart } from './chart.js';
-import { KindCounts, MissedBanner, age, info, renderLosses, renderNotices, renderProducers } from './panels.js';
+import {
+  KindCounts,
+  MissedBanner,
+  age,
+  info,
+  renderFleet,
+  renderLosses,
+  renderNotices,
+  renderProducers,
+} from './panels.js';
 import { EventTable } from './table.js';
 
 /** Rows kept in the table; older ones are removed. */
@@ -144,7 +153,12 @@ let serverStarted = null; // /stats `started`: a different value means a restart
 
 function filters() {
   const kind = [...document.querySelectorAll('#kinds input:checked')].map((i) => i.value);
-  return { kind: kind.join(','), pid: $('f-pid').value.trim(), q: $('f-q').value.trim() };
+  return {
+    kind: kind.join(','),
+    pid: $('f-pid').value.trim(),
+    q: $('f-q').value.trim(),
+    host: $('f-host').value.trim(),
+  };
 }
 
 /** The filter as query parameters, empty ones left out; `extra` is added (after, limit). */
@@ -164,6 +178,7 @@ function readUrl() {
   for (const i of document.querySelectorAll('#kinds input')) i.checked = wanted.has(i.value);
   $('f-pid').value = u.get('pid') || '';
   $('f-q').value = u.get('q') || '';
+  $('f-host').value = u.get('host') || '';
   const after = u.get('after');
   return after !== null && /^\d+$/.test(after) ? Number(after) : undefined;
 }
@@ -469,6 +484,10 @@ function applyStats(s) {
   renderNotices(s.notices);
   renderProducers(s.producers);
   renderLosses(s);
+  renderFleet(s.fleet, (host) => {
+    $('f-host').value = host;
+    applyFilters();
+  });
   // Settle first, so both columns describe the store as of this poll.
   counts.settle(s.store.newest_id);
   counts.server(s.events_by_kind);

@@ -178,6 +178,47 @@ export function renderLosses(stats) {
     `lagged ${fmt(g.gaps.lagged)} (${fmt(g.missed.lagged)} events); ${fmt(g.clients)} clients now.`;
 }
 
+/**
+ * The hosts panel (`/stats` `fleet`): this server's own publishing, and per origin host its
+ * imported events, its losses by stage and its publish lag. `pick(host)` filters by a host.
+ */
+export function renderFleet(fleet, pick) {
+  const panel = $('hosts-panel');
+  panel.hidden = !fleet;
+  if (!fleet) return;
+  const line = $('publish-line');
+  const p = fleet.publish;
+  line.hidden = !p;
+  if (p) {
+    line.className = `small ${p.nats_reachable ? '' : 'bad'}`;
+    line.textContent =
+      `This server publishes as ${p.host} to ${p.stream}: NATS ${p.nats_reachable ? 'reachable' : 'unreachable'}, ` +
+      `lag ${fmt(p.lag_ids)} events (${p.lag_seconds.toFixed(1)} s), ${fmt(p.acks)} acks, ` +
+      `${fmt(p.retries)} retries, ${fmt(p.lost)} lost before publishing.`;
+  }
+  const tbody = $('hosts').tBodies[0];
+  tbody.textContent = '';
+  const hosts = Object.entries(fleet.hosts);
+  if (!hosts.length) {
+    const tr = tbody.appendChild(el('tr', 'zero'));
+    const td = tr.appendChild(el('td', 'muted', fleet.subscribe ? 'no host heard from yet' : 'not subscribing'));
+    td.colSpan = 4;
+  }
+  for (const [host, h] of hosts) {
+    const lost = Object.entries(h.losses).filter(([, n]) => n);
+    const lagging = h.nats_reachable === false || (h.publish_lag_seconds ?? 0) > 10;
+    const tr = tbody.appendChild(el('tr', lost.length || lagging ? 'bad' : ''));
+    const name = tr.appendChild(el('td')).appendChild(el('button', 'link', host));
+    name.type = 'button';
+    name.title = `Show only events of ${host}`;
+    name.addEventListener('click', () => pick(host));
+    tr.appendChild(el('td', 'num', fmt(h.events)));
+    tr.appendChild(el('td', '', lost.length ? lost.map(([s, n]) => `${s} ${fmt(n)}`).join(', ') : 'none'));
+    const lag = h.publish_lag_ids === undefined ? '–' : `${fmt(h.publish_lag_ids)} (${h.publish_lag_seconds.toFixed(1)} s)`;
+    tr.appendChild(el('td', 'num', lag));
+  }
+}
+
 /** Server notices (e.g. how to start the sensor): shown for as long as the server says them. */
 export function renderNotices(notices) {
   const ul = $('notices');

@@ -51,6 +51,8 @@ pub struct ApiConfig {
     /// Producers `/stats` remembers; the longest-idle disconnected one is forgotten first.
     /// Global totals are kept regardless.
     pub max_producers: usize,
+    /// This server's host name in the fleet, given to its own events for the `host` filter.
+    pub host_name: Option<std::sync::Arc<str>>,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +72,7 @@ impl Default for ApiConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
+            host_name: None,
         }
     }
 }

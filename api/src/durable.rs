@@ -18,10 +18,13 @@ use std::time::Duration;
 
 use lpcmon_protocol::message::{LossStage, ProducerKind};
 use lpcmon_protocol::server::{Output, ProducerInfo, RestoredInstance};
-use lpcmon_store::{Database, EventRow, Ledger, MAX_QUEUED, NewEvent, Order, PageQuery, ProducerLedger};
+use lpcmon_store::{
+    Database, EventRow, Ledger, MAX_QUEUED, NewEvent, Order, OriginMark, PageQuery, ProducerLedger,
+};
 use serde::Deserialize;
 use tracing::{error, warn};
 
+use crate::fleet::Origin;
 use crate::kind::Kind;
 use crate::query::Filter;
 use crate::state::AppState;
@@ -47,7 +50,8 @@ struct Position {
     kernel_drops: u64,
 }
 
-fn parse_hex(hex: &str) -> Option<[u8; 16]> {
+/// 32 hex digits as the 16 bytes of a producer instance.
+pub(crate) fn parse_hex(hex: &str) -> Option<[u8; 16]> {
     if hex.len() != 32 {
         return None;
     }
@@ -104,6 +108,10 @@ pub struct DurableIngest {
     positions: HashMap<[u8; 16], Position>,
     dirty: BTreeSet<[u8; 16]>,
     names: HashMap<[u8; 16], Arc<str>>,
+    /// The fleet's origin instances (marks and running totals), as restored and imported since.
+    origins: HashMap<String, OriginMark>,
+    /// Origin instances changed since the last flush.
+    dirty_origins: BTreeSet<String>,
     notice: Option<String>,
 }
 
@@ -123,12 +131,19 @@ impl DurableIngest {
                 )
             })
             .collect();
+        let origins = db
+            .restored_origins()
+            .iter()
+            .map(|o| (o.instance.clone(), o.clone()))
+            .collect();
         DurableIngest {
             db,
             pending: Vec::new(),
             positions,
             dirty: BTreeSet::new(),
             names: HashMap::new(),
+            origins,
+            dirty_origins: BTreeSet::new(),
             notice: None,
         }
     }
@@ -176,20 +191,50 @@ impl DurableIngest {
         self.dirty.insert(producer.instance);
     }
 
-    /// Queues a stored event for the writer.
-    pub fn push(&mut self, event: &StoredEvent, time_ns: u64) {
-        let producer = self
-            .names
-            .entry(event.producer.instance)
-            .or_insert_with(|| Arc::from(event.producer.instance_hex.as_str()))
-            .clone();
+    /// Records an imported event of `origin`: raises its instance's high-water mark and, if it
+    /// was stored, its totals. The writer commits them with the events queued since the last
+    /// flush, in one transaction.
+    pub fn note_import(&mut self, origin: &Origin, stored: bool, loss: Option<(&str, u64)>) {
+        let mark = self
+            .origins
+            .entry(origin.server_instance.clone())
+            .or_insert_with(|| OriginMark {
+                instance: origin.server_instance.clone(),
+                host: origin.host.clone(),
+                ..OriginMark::default()
+            });
+        mark.last_id = mark.last_id.max(origin.id);
+        if stored {
+            mark.events += 1;
+            if let Some((stage, count)) = loss {
+                *mark.losses.entry(stage.to_owned()).or_default() += count;
+            }
+        }
+        self.dirty_origins.insert(origin.server_instance.clone());
+    }
+
+    /// Queues a stored event for the writer. `imported_from` is the origin host of an event
+    /// another server stored first.
+    pub fn push(&mut self, event: &StoredEvent, time_ns: u64, imported_from: Option<Arc<str>>) {
+        // A server's own `publish` loss names no producer: empty strings in the file.
+        let (producer_kind, producer) = match &event.producer {
+            Some(p) => (
+                p.kind.name(),
+                self.names
+                    .entry(p.instance)
+                    .or_insert_with(|| Arc::from(p.instance_hex.as_str()))
+                    .clone(),
+            ),
+            None => ("", Arc::from("")),
+        };
         self.pending.push(NewEvent {
             id: event.id,
             time_ns,
             kind: event.kind.name(),
             pid: event.pid,
-            producer_kind: event.producer.kind.name(),
+            producer_kind,
             producer,
+            host: imported_from,
             search: event.search.clone(),
             json: event.json.clone(),
             counted: matches!(event.kind, Kind::Event(_)),
@@ -224,7 +269,7 @@ impl DurableIngest {
     /// Hands the queued events and the accounting that covers them to the writer, and takes
     /// back what it could not write.
     pub fn flush(&mut self, state: &AppState) {
-        let ledger = if self.dirty.is_empty() && self.pending.is_empty() {
+        let ledger = if self.dirty.is_empty() && self.pending.is_empty() && self.dirty_origins.is_empty() {
             None
         } else {
             let stats = state.stats();
@@ -250,6 +295,11 @@ impl DurableIngest {
             Some(Ledger {
                 producers,
                 totals: Some(stats.save_totals()),
+                origins: std::mem::take(&mut self.dirty_origins)
+                    .into_iter()
+                    .filter_map(|instance| self.origins.get(&instance).cloned())
+                    .collect(),
+                publish_acked: None,
             })
         };
         if let Some(ledger) = ledger {
@@ -283,28 +333,32 @@ impl DurableIngest {
 /// Events read back from the database, in the in-memory form pages and streams use. Only
 /// `json`, `id`, `kind`, `pid` and the producer's kind and instance are filled in: the rest of
 /// the producer's details are in the JSON.
-fn to_events(rows: Vec<EventRow>) -> Vec<Arc<StoredEvent>> {
+fn to_events(rows: Vec<EventRow>, own_host: Option<&Arc<str>>) -> Vec<Arc<StoredEvent>> {
     let mut producers: HashMap<String, Arc<ProducerInfo>> = HashMap::new();
     rows.into_iter()
         .filter_map(|row| {
             let kind = Kind::parse(&row.kind)?;
-            let producer = producers
-                .entry(row.producer.clone())
-                .or_insert_with(|| {
-                    // Filters look at the kind and the hex instance; the rest is in the JSON.
-                    let kind = producer_kind(&row.producer_kind).unwrap_or(ProducerKind::Loadgen);
-                    let instance = parse_hex(&row.producer).unwrap_or_default();
-                    Arc::new(ProducerInfo {
-                        instance_hex: row.producer.clone(),
-                        ..ProducerInfo::known_only(kind, instance)
+            let producer = (!row.producer.is_empty()).then(|| {
+                producers
+                    .entry(row.producer.clone())
+                    .or_insert_with(|| {
+                        // Filters look at the kind and the hex instance; the rest is in the JSON.
+                        let kind = producer_kind(&row.producer_kind).unwrap_or(ProducerKind::Loadgen);
+                        let instance = parse_hex(&row.producer).unwrap_or_default();
+                        Arc::new(ProducerInfo {
+                            instance_hex: row.producer.clone(),
+                            ..ProducerInfo::known_only(kind, instance)
+                        })
                     })
-                })
-                .clone();
+                    .clone()
+            });
             Some(Arc::new(StoredEvent {
                 id: row.id,
                 kind,
                 pid: row.pid,
                 producer,
+                // NULL in the file: this server's own event, of whatever host it is now.
+                host: row.host.map(Arc::from).or_else(|| own_host.cloned()),
                 search: Arc::from(""),
                 // What the writer stored is what ingest serialised; a row that is not JSON
                 // (the file edited by hand) is skipped like a missing one.
@@ -318,13 +372,14 @@ fn to_events(rows: Vec<EventRow>) -> Vec<Arc<StoredEvent>> {
 /// logged and reads as no events: the in-memory tail still serves.
 pub fn page(
     db: &Database,
+    own_host: Option<&Arc<str>>,
     after: u64,
     through: u64,
     filter: &Filter,
     limit: usize,
     order: Order,
 ) -> Vec<Arc<StoredEvent>> {
-    let filter = filter.to_store();
+    let filter = filter.to_store(own_host.map(|h| &**h));
     match db.page(&PageQuery {
         after,
         through,
@@ -332,7 +387,7 @@ pub fn page(
         limit,
         order,
     }) {
-        Ok(rows) => to_events(rows),
+        Ok(rows) => to_events(rows, own_host),
         Err(e) => {
             error!(error = %e, "cannot read events from the store");
             Vec::new()
@@ -341,9 +396,9 @@ pub fn page(
 }
 
 /// The stored event with this id, if the database has it.
-pub fn get(db: &Database, id: u64) -> Option<Arc<StoredEvent>> {
+pub fn get(db: &Database, own_host: Option<&Arc<str>>, id: u64) -> Option<Arc<StoredEvent>> {
     match db.get(id) {
-        Ok(row) => to_events(row.into_iter().collect()).pop(),
+        Ok(row) => to_events(row.into_iter().collect(), own_host).pop(),
         Err(e) => {
             error!(error = %e, id, "cannot read an event from the store");
             None

@@ -291,7 +291,16 @@ impl Follower {
             if let Some(end) = holes.iter().map(|h| h.last).max() {
                 last = last.max(end.min(top));
             }
-            let events = durable::page(db, self.done, last, &self.filter, usize::MAX, Order::Ascending);
+            let own_host = self.state.config().host_name.clone();
+            let events = durable::page(
+                db,
+                own_host.as_ref(),
+                self.done,
+                last,
+                &self.filter,
+                usize::MAX,
+                Order::Ascending,
+            );
             let mut events = events.into_iter().peekable();
             for hole in holes {
                 while let Some(event) = events.next_if(|e| e.id < hole.first) {

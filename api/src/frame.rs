@@ -210,7 +210,8 @@ mod tests {
             id,
             kind: crate::kind::Kind::Loss,
             pid: None,
-            producer: crate::store::tests::producer(),
+            producer: Some(crate::store::tests::producer()),
+            host: None,
             search: "".into(),
             json: serde_json::value::RawValue::from_string(format!(r#"{{"id":{id}}}"#))
                 .unwrap()

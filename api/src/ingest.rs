@@ -12,12 +12,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lpcmon_protocol::message::{LossStage, ProducerKind};
 use lpcmon_protocol::server::{Output, ProducerInfo};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::durable::DurableIngest;
+use crate::fleet::{HostReport, ImportDone, Imported, Injected};
 use crate::json::{self, Record};
 use crate::state::AppState;
 use crate::store::StoredEvent;
@@ -69,26 +71,53 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
         stored: Vec::with_capacity(INGEST_BATCH),
         encode_errors: 0,
     };
+    // Imports and publish losses (lpcmon-fleet). Only the first ingest task of a state gets them.
+    let mut injected = ingest
+        .state
+        .0
+        .inject_rx
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     // Take whatever is waiting in one go: one wake-up per batch instead of per event.
     let mut batch = Vec::with_capacity(INGEST_BATCH);
     let budget = ingest.state.ingest_budget();
-    while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
-        // Out of the channel: what these outputs hold is no longer its backlog. (When the
-        // dispatcher was given no budget, nothing was taken and nothing is given back.)
-        let taken: usize = batch.iter().map(Output::channel_bytes).sum();
-        budget.give_back(taken.min(budget.used()));
-        if let Some(durable) = &mut ingest.durable {
-            // Each output stores at most one event.
-            durable
-                .make_room(&ingest.state, ingest.next_id, batch.len())
-                .await;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, INGEST_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                // Out of the channel: what these outputs hold is no longer its backlog. (When
+                // the dispatcher was given no budget, nothing was taken and nothing is given
+                // back.)
+                let taken: usize = batch.iter().map(Output::channel_bytes).sum();
+                budget.give_back(taken.min(budget.used()));
+                // Each output stores at most one event.
+                ingest.make_room(batch.len()).await;
+                ingest.handle_batch(&mut batch);
+            }
+            Some(injection) = recv_injected(&mut injected) => ingest.inject(injection).await,
         }
-        ingest.handle_batch(&mut batch);
         if let Some(durable) = &mut ingest.durable {
             durable.flush(&ingest.state);
         }
     }
     debug!("ingest channel closed");
+}
+
+/// The next injection, or never once there is no injector left (or none was given).
+async fn recv_injected(rx: &mut Option<mpsc::Receiver<Injected>>) -> Option<Injected> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(injection) => Some(injection),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Lets through a few log lines per period and counts the rest, so a flood of bad input
@@ -177,6 +206,8 @@ impl Ingest {
                 stats.on_encode_error();
             }
         }
+        // This server's own events carry its host name (imported ones their origin's).
+        let host = self.state.config().host_name.clone();
         let mut records = self.records.drain(..);
         for output in batch.drain(..) {
             if let Some(durable) = &mut self.durable {
@@ -189,12 +220,13 @@ impl Ingest {
                 id,
                 kind: record.kind,
                 pid: record.pid,
-                producer,
+                producer: Some(producer),
+                host: host.clone(),
                 search: record.search.into(),
                 json: Arc::from(record.json),
             });
             if let Some(durable) = &mut self.durable {
-                durable.push(&event, now);
+                durable.push(&event, now, None);
             }
             self.stored.push(event);
         }
@@ -310,6 +342,165 @@ impl Ingest {
             }
         }
     }
+
+    /// With a durable store, waits until `count` more ids may be given out (see
+    /// [`DurableIngest::make_room`]).
+    async fn make_room(&mut self, count: usize) {
+        if let Some(durable) = &mut self.durable {
+            durable.make_room(&self.state, self.next_id, count).await;
+        }
+    }
+
+    async fn inject(&mut self, injection: Injected) {
+        match injection {
+            Injected::Import { events, done } => {
+                self.make_room(events.len()).await;
+                let stored = self.import(events);
+                // The importer may have stopped waiting (shutdown); the events are stored, and
+                // with a durable store their marks are committed with them.
+                let _ = done.send(ImportDone {
+                    stored,
+                    through_id: self.next_id - 1,
+                });
+            }
+            Injected::PublishLoss {
+                first_id,
+                last_id,
+                count,
+            } => {
+                warn!(
+                    first_id,
+                    last_id, count, "events evicted before they could be published: publish loss"
+                );
+                self.state
+                    .stats()
+                    .on_server_loss(LossStage::Publish, count, self.state.uptime_seconds());
+                self.state.update_fleet(|f| {
+                    if let Some(p) = f.publish.as_mut() {
+                        p.lost += count;
+                    }
+                });
+                let instance = self.state.server_instance().to_owned();
+                let now = now_ns();
+                self.make_room(1).await;
+                self.store_one(None, now, None, |id| {
+                    json::publish_loss(id, now, &instance, first_id, last_id, count)
+                });
+            }
+        }
+    }
+
+    /// Stores other servers' events under this server's ids; returns how many were stored.
+    fn import(&mut self, events: Vec<Imported>) -> usize {
+        let mut hosts: Vec<(String, HostReport)> = Vec::new();
+        let mut stored = 0;
+        for Imported { origin, json } in events {
+            let producer = imported_producer(&json);
+            let loss = json
+                .get("loss")
+                .and_then(|l| Some((l.get("stage")?.as_str()?.to_owned(), l.get("count")?.as_u64()?)));
+            let host: Arc<str> = origin.host.as_str().into();
+            let mut recorded = false;
+            let now = now_ns();
+            self.store_one(producer.as_ref(), now, Some(host), |id| {
+                match json::imported(id, json, &origin) {
+                    Some(record) => {
+                        recorded = true;
+                        record
+                    }
+                    None => Err(serde::de::Error::custom("not an lpcmon event: no known `kind`")),
+                }
+            });
+            if let Some(durable) = &mut self.durable {
+                let loss = loss.as_ref().map(|(stage, count)| (stage.as_str(), *count));
+                durable.note_import(&origin, recorded, loss);
+            }
+            if !recorded {
+                continue;
+            }
+            stored += 1;
+            let at = match hosts.iter().position(|(h, _)| *h == origin.host) {
+                Some(at) => at,
+                None => {
+                    hosts.push((origin.host.clone(), HostReport::default()));
+                    hosts.len() - 1
+                }
+            };
+            let report = &mut hosts[at].1;
+            report.events += 1;
+            if let Some((stage, count)) = loss {
+                *report.losses.entry(stage).or_default() += count;
+            }
+        }
+        let seen = crate::timefmt::rfc3339_ns(now_ns());
+        self.state.update_fleet(|f| {
+            for (host, add) in hosts {
+                let report = f.hosts.entry(host).or_default();
+                report.events += add.events;
+                for (stage, count) in add.losses {
+                    *report.losses.entry(stage).or_default() += count;
+                }
+                report.last_seen = Some(seen.clone());
+            }
+        });
+        stored
+    }
+
+    /// Stores one record under the next id and publishes it. Stats are updated before the
+    /// event becomes visible, so a reader that sees the event also sees it counted.
+    fn store_one(
+        &mut self,
+        producer: Option<&Arc<ProducerInfo>>,
+        now: u64,
+        imported_from: Option<Arc<str>>,
+        build: impl FnOnce(u64) -> Result<Record, serde_json::Error>,
+    ) {
+        let id = self.next_id;
+        let record = match build(id) {
+            Ok(record) => record,
+            Err(e) => {
+                // Serialising structs of strings and integers cannot fail; if it ever does,
+                // the id is not used (ids stay dense) and the failure is counted and logged.
+                error!(producer = producer.map(|p| p.instance_hex.as_str()), error = %e, "could not encode an event");
+                self.state.stats().on_encode_error();
+                return;
+            }
+        };
+        self.state
+            .stats()
+            .on_stored(record.kind, self.state.uptime_seconds());
+        let event = Arc::new(StoredEvent {
+            id,
+            kind: record.kind,
+            pid: record.pid,
+            producer: producer.cloned(),
+            host: imported_from
+                .clone()
+                .or_else(|| self.state.config().host_name.clone()),
+            search: record.search.into(),
+            json: Arc::from(record.json),
+        });
+        if let Some(durable) = &mut self.durable {
+            durable.push(&event, now, imported_from);
+        }
+        self.state.store_mut().push(event.clone());
+        self.next_id += 1;
+        self.state.publish(event);
+    }
+}
+
+/// The producer an imported event names, for the `producer` filter; `None` if it names none
+/// this build knows (e.g. a server's own `publish` loss).
+fn imported_producer(json: &serde_json::Map<String, serde_json::Value>) -> Option<Arc<ProducerInfo>> {
+    let producer = json.get("producer")?;
+    let kind_name = producer.get("kind")?.as_str()?;
+    let kind = ProducerKind::ALL.into_iter().find(|k| k.name() == kind_name)?;
+    let instance_hex = producer.get("instance")?.as_str()?;
+    let instance = crate::durable::parse_hex(instance_hex)?;
+    Some(Arc::new(ProducerInfo {
+        instance_hex: instance_hex.to_owned(),
+        ..ProducerInfo::known_only(kind, instance)
+    }))
 }
 
 #[cfg(test)]

@@ -72,8 +72,16 @@ impl<'a> ProducerJson<'a> {
     fn short(p: &'a ProducerInfo, seq: Option<u64>) -> Self {
         ProducerJson {
             kind: p.kind.name(),
-            instance: &p.instance_hex,
             seq,
+            ..ProducerJson::short_instance(&p.instance_hex)
+        }
+    }
+
+    fn short_instance(instance: &'a str) -> Self {
+        ProducerJson {
+            kind: "",
+            instance,
+            seq: None,
             os: None,
             os_build: None,
             protocol_version: None,
@@ -315,6 +323,65 @@ fn server_record(
     })
 }
 
+/// The record of this server's own `publish` loss: ids `first_id..=last_id` of its store were
+/// evicted before NATS acknowledged them. The "producer" is the server itself.
+pub fn publish_loss(
+    id: u64,
+    received_ns: u64,
+    server_instance: &str,
+    first_id: u64,
+    last_id: u64,
+    count: u64,
+) -> Result<Record, serde_json::Error> {
+    let producer = ProducerJson {
+        kind: "server",
+        ..ProducerJson::short_instance(server_instance)
+    };
+    let body = LossJson {
+        stage: lpcmon_protocol::message::LossStage::Publish.name(),
+        count,
+        first_seq: first_id,
+        last_seq: last_id,
+    };
+    server_record(id, received_ns, Kind::Loss, producer, Some(body), None)
+}
+
+fn text<'v>(value: Option<&'v serde_json::Value>, key: &str) -> Option<&'v str> {
+    value.and_then(|v| v.get(key)).and_then(serde_json::Value::as_str)
+}
+
+/// The record of an event another server stored: its JSON with this server's `id` and its
+/// `origin`. `None` if it is not an lpcmon event (no known `kind`).
+pub fn imported(
+    id: u64,
+    mut doc: serde_json::Map<String, serde_json::Value>,
+    origin: &crate::fleet::Origin,
+) -> Option<Result<Record, serde_json::Error>> {
+    let kind = Kind::parse(doc.get("kind")?.as_str()?)?;
+    let process = doc.get("process");
+    let pid = process
+        .and_then(|p| p.get("pid"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok());
+    let search = search_text(&[
+        text(process, "executable"),
+        text(process, "command_line"),
+        text(doc.get("image"), "path"),
+    ]);
+    doc.insert("id".into(), id.into());
+    let origin = match serde_json::to_value(origin) {
+        Ok(origin) => origin,
+        Err(e) => return Some(Err(e)),
+    };
+    doc.insert("origin".into(), origin);
+    Some(serde_json::value::to_raw_value(&doc).map(|json| Record {
+        kind,
+        pid,
+        search,
+        json,
+    }))
+}
+
 /// The record of events lost; it names the producer whose events they were (invariant 6).
 pub fn loss(
     id: u64,
@@ -494,7 +561,8 @@ mod tests {
                 id,
                 kind: Kind::Loss,
                 pid: None,
-                producer: Arc::new(producer()),
+                producer: Some(Arc::new(producer())),
+                host: None,
                 search: "".into(),
                 json: loss(id, 0, &producer(), &l).unwrap().json.into(),
             })

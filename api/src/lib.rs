@@ -19,6 +19,7 @@ mod auth;
 mod config;
 mod durable;
 mod error;
+mod fleet;
 mod follow;
 mod frame;
 mod guard;
@@ -39,7 +40,12 @@ mod timefmt;
 
 pub use config::{ApiConfig, HostPolicy};
 pub use durable::restored_instances;
+pub use fleet::{
+    FleetReport, HostReport, ImportDone, Imported, Injected, Origin, PublishReport, SubscribeReport,
+};
 pub use ingest::{spawn_ingest, spawn_ingest_thread};
+pub use kind::Kind;
 pub use routes::{router, routes};
 pub use serve::serve;
 pub use state::AppState;
+pub use store::StoredEvent;

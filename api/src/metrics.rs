@@ -229,6 +229,98 @@ impl Collector for ReportCollector {
             None,
             "reason",
             r.sse.missed.iter().map(|(k, v)| (*k, *v)),
-        )
+        )?;
+        if let Some(fleet) = &r.fleet {
+            encode_fleet(&mut f, fleet)?;
+        }
+        Ok(())
     }
+}
+
+/// The fleet's families, present only when this server publishes or subscribes.
+fn encode_fleet(f: &mut Families<'_>, fleet: &crate::fleet::FleetReport) -> std::fmt::Result {
+    if let Some(p) = &fleet.publish {
+        f.gauge(
+            "publish_nats_reachable",
+            "1 if the publisher is connected to NATS.",
+            None,
+            i64::from(p.nats_reachable),
+        )?;
+        f.gauge(
+            "publish_lag_ids",
+            "Stored events not yet acknowledged by NATS.",
+            None,
+            level(p.lag_ids),
+        )?;
+        f.gauge(
+            "publish_lag",
+            "Age of the oldest stored event not yet acknowledged by NATS.",
+            Some(&Unit::Seconds),
+            p.lag_seconds,
+        )?;
+        f.counter(
+            "publish_acks",
+            "Publish acknowledgements from JetStream.",
+            None,
+            p.acks,
+        )?;
+        f.counter(
+            "publish_retries",
+            "Events published again after a failure.",
+            None,
+            p.retries,
+        )?;
+        f.counter(
+            "publish_duplicates",
+            "Publishes JetStream acknowledged as duplicates.",
+            None,
+            p.duplicates,
+        )?;
+    }
+    if let Some(s) = &fleet.subscribe {
+        f.gauge(
+            "subscribe_nats_reachable",
+            "1 if the subscriber is connected to NATS.",
+            None,
+            i64::from(s.nats_reachable),
+        )?;
+        f.counter(
+            "subscribe_imported",
+            "Events imported from the stream.",
+            None,
+            s.imported,
+        )?;
+        f.counter(
+            "subscribe_duplicates",
+            "Redelivered events dropped by the per-origin high-water mark.",
+            None,
+            s.duplicates,
+        )?;
+        f.counter(
+            "subscribe_refused",
+            "Messages refused: subject host not origin host, or not an lpcmon event.",
+            None,
+            s.refused_host_mismatch + s.refused_malformed,
+        )?;
+    }
+    let hosts = &fleet.hosts;
+    f.counters(
+        "host_events",
+        "Events imported, by origin host.",
+        None,
+        "host",
+        hosts.iter().map(|(h, r)| (h.as_str(), r.events)),
+    )?;
+    f.labelled(
+        (
+            "host_publish_lag_ids",
+            "Each host's publish lag as it last reported it.",
+            None,
+            MetricType::Gauge,
+        ),
+        "host",
+        hosts
+            .iter()
+            .map(|(h, r)| (h.as_str(), ConstGauge::new(level(r.publish_lag_ids.unwrap_or(0))))),
+    )
 }

@@ -63,6 +63,7 @@ fn forward(state: &AppState, query: &EventsQuery, after: u64) -> (Vec<Arc<Stored
                 let through = tail_oldest.map_or(end, |oldest| (oldest - 1).min(end));
                 let rows = durable::page(
                     db,
+                    state.config().host_name.as_ref(),
                     examined,
                     through,
                     &query.filter,
@@ -121,6 +122,7 @@ fn newest(state: &AppState, query: &EventsQuery) -> (Vec<Arc<StoredEvent>>, Opti
                 // Older than the tail: the database has it, newest first like the tail.
                 events.extend(durable::page(
                     db,
+                    state.config().host_name.as_ref(),
                     0,
                     last,
                     &query.filter,

@@ -59,6 +59,8 @@ pub struct Filter {
     producer: Option<ProducerMatch>,
     /// Lowercased, matched against the lowercased search text.
     q: Option<String>,
+    /// The event's host (`origin.host`, or this server's `--host-name`), exactly.
+    host: Option<String>,
 }
 
 impl Filter {
@@ -67,14 +69,23 @@ impl Filter {
             && self.pid.is_none_or(|pid| event.pid == Some(pid))
             && match &self.producer {
                 None => true,
-                Some(ProducerMatch::Kind(k)) => event.producer.kind == *k,
-                Some(ProducerMatch::Instance(prefix)) => event.producer.instance_hex.starts_with(prefix),
+                Some(ProducerMatch::Kind(k)) => event.producer.as_ref().is_some_and(|p| p.kind == *k),
+                Some(ProducerMatch::Instance(prefix)) => event
+                    .producer
+                    .as_ref()
+                    .is_some_and(|p| p.instance_hex.starts_with(prefix)),
             }
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| event.host.as_deref() == Some(h))
             && self.q.as_deref().is_none_or(|q| event.search.contains(q))
     }
 
     /// The same filter for the durable store's queries.
-    pub fn to_store(&self) -> lpcmon_store::Filter {
+    /// The same filter for the database, where this server's own events (host `own_host`)
+    /// have no host of their own.
+    pub fn to_store(&self, own_host: Option<&str>) -> lpcmon_store::Filter {
         let (producer_kind, producer_prefix) = match &self.producer {
             None => (None, None),
             Some(ProducerMatch::Kind(k)) => (Some(k.name().to_owned()), None),
@@ -86,6 +97,13 @@ impl Filter {
             producer_kind,
             producer_prefix,
             q: self.q.clone(),
+            host: self.host.as_ref().map(|h| {
+                if Some(h.as_str()) == own_host {
+                    lpcmon_store::HostFilter::Own
+                } else {
+                    lpcmon_store::HostFilter::Origin(h.clone())
+                }
+            }),
         }
     }
 }
@@ -108,6 +126,8 @@ pub struct QueryParams {
     producer: Vec<String>,
     #[serde(default)]
     q: Vec<String>,
+    #[serde(default)]
+    host: Vec<String>,
     #[serde(default)]
     token: Vec<String>,
 }
@@ -152,7 +172,7 @@ impl TryFrom<QueryParams> for EventsQuery {
         Ok(EventsQuery {
             after: optional_number("after", &p.after)?,
             limit,
-            filter: filter(&p.kind, &p.pid, &p.producer, &p.q)?,
+            filter: filter(&p.kind, &p.pid, &p.producer, &p.q, &p.host)?,
         })
     }
 }
@@ -168,7 +188,7 @@ impl TryFrom<QueryParams> for StreamQuery {
         }
         Ok(StreamQuery {
             after: optional_number("after", &p.after)?,
-            filter: filter(&p.kind, &p.pid, &p.producer, &p.q)?,
+            filter: filter(&p.kind, &p.pid, &p.producer, &p.q, &p.host)?,
         })
     }
 }
@@ -228,7 +248,13 @@ fn kinds(values: &[String]) -> Result<Vec<Kind>, ApiError> {
     Ok(kinds)
 }
 
-fn filter(kind: &[String], pid: &[String], producer: &[String], q: &[String]) -> Result<Filter, ApiError> {
+fn filter(
+    kind: &[String],
+    pid: &[String],
+    producer: &[String],
+    q: &[String],
+    host: &[String],
+) -> Result<Filter, ApiError> {
     let q = match q {
         [] => None,
         [text] if text.is_empty() => None,
@@ -240,6 +266,7 @@ fn filter(kind: &[String], pid: &[String], producer: &[String], q: &[String]) ->
         pid: optional_number("pid", pid)?,
         producer: single("producer", producer)?.map(producer_match).transpose()?,
         q,
+        host: single("host", host)?.map(str::to_owned),
     })
 }
 
@@ -268,6 +295,11 @@ mod tests {
                 .unwrap();
         assert_eq!(q.after, Some(5));
         assert_eq!(q.limit, 7);
+        assert_eq!(
+            events("host=web-1").unwrap().filter.host.as_deref(),
+            Some("web-1")
+        );
+        assert!(bad("host=a&host=b").contains("more than once"));
         assert_eq!(
             q.filter.kinds,
             vec![Kind::Event(EventKind::ProcessExec), Kind::Loss]

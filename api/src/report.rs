@@ -86,6 +86,9 @@ pub struct Report {
     pub counters: Counters,
     pub store: StoreReport,
     pub sse: SseReport,
+    /// Publishing to and subscribing from NATS (`lpcmon serve --publish/--subscribe`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetReport>,
 }
 
 impl Report {
@@ -118,6 +121,7 @@ impl Report {
                 gaps: by_reason(&|r| sse.gaps(r)),
                 missed: by_reason(&|r| sse.missed(r)),
             },
+            fleet: state.fleet_report(),
         }
     }
 }

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use lpcmon_protocol::server::IngestBudget;
 use lpcmon_store::Database;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::ApiConfig;
+use crate::fleet::{FleetReport, INJECT_CAPACITY, Injected};
 use crate::frame::{Live, ReplayCache};
 use crate::publish::Publisher;
 use crate::stats::Stats;
@@ -88,6 +89,13 @@ pub(crate) struct Shared {
     pub notices: RwLock<Vec<String>>,
     pub started: Instant,
     pub started_ns: u64,
+    /// See [`AppState::server_instance`].
+    pub server_instance: String,
+    pub inject_tx: mpsc::Sender<Injected>,
+    /// Taken by the ingest task.
+    pub inject_rx: Mutex<Option<mpsc::Receiver<Injected>>>,
+    /// `None` until the fleet is used: `/stats` then has no `fleet` section.
+    pub fleet: Mutex<Option<FleetReport>>,
 }
 
 /// The service's state: configuration, store, counters and the live broadcast. Cheap to clone.
@@ -134,6 +142,19 @@ impl AppState {
             None => Store::new(config.retain, config.retain_bytes),
         }
         .counting_backlog(ingest_budget.clone());
+        let (inject_tx, inject_rx) = mpsc::channel(INJECT_CAPACITY);
+        let started_ns = now_ns();
+        // With a file, the instance is the file's: its ids survive a restart, so its message
+        // ids do too. In memory, ids restart at 1 with every run, so every run is a new
+        // instance: the start time and the pid, unique per run on a host (and the host is in
+        // every message id beside it).
+        let server_instance = match &database {
+            Some(db) => db.server_instance().to_owned(),
+            None => format!("{started_ns:024x}{:08x}", std::process::id()),
+        };
+        let fleet = database
+            .as_ref()
+            .and_then(|db| crate::fleet::restored_report(db, &server_instance));
         AppState(Arc::new(Shared {
             store: RwLock::new(store),
             database,
@@ -145,7 +166,11 @@ impl AppState {
             closing: watch::Sender::new(false),
             notices: RwLock::new(Vec::new()),
             started: Instant::now(),
-            started_ns: now_ns(),
+            started_ns,
+            server_instance,
+            inject_tx,
+            inject_rx: Mutex::new(Some(inject_rx)),
+            fleet: Mutex::new(fleet),
             config,
         }))
     }

@@ -288,6 +288,12 @@ impl Stats {
         self.lost_rate.add(second, loss.count);
     }
 
+    /// A loss that is the server's own, not a producer's (the fleet's `publish` stage).
+    pub fn on_server_loss(&mut self, stage: LossStage, count: u64, second: u64) {
+        saturating_add(&mut self.losses_by_stage[stage.index()], count);
+        self.lost_rate.add(second, count);
+    }
+
     pub fn on_connect(&mut self, info: &Arc<ProducerInfo>, now_ns: u64) {
         let p = self.producer(info, now_ns);
         // A reconnect of the same instance continues its counters under the new session.

@@ -24,7 +24,11 @@ pub struct StoredEvent {
     pub kind: Kind,
     /// `process.pid`, for events that have one.
     pub pid: Option<u32>,
-    pub producer: Arc<ProducerInfo>,
+    /// The producer, when the event names one (a server's own `publish` loss does not).
+    pub producer: Option<Arc<ProducerInfo>>,
+    /// The host the event comes from: `origin.host` for an imported event, this server's
+    /// `--host-name` for its own (when it has one), for the `host` filter.
+    pub host: Option<Arc<str>>,
     /// Lowercased executable, command line and image path joined by `\n`, for `q`.
     pub search: Arc<str>,
     /// The event JSON, serialised once at ingest and embedded as it is in every reply; shared
@@ -206,7 +210,8 @@ pub(crate) mod tests {
             id,
             kind: Kind::Loss,
             pid: None,
-            producer: producer(),
+            producer: Some(producer()),
+            host: None,
             search: "".into(),
             // A JSON number of exactly `json_len` digits.
             json: RawValue::from_string("1".repeat(json_len)).unwrap().into(),

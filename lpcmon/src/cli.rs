@@ -232,6 +232,57 @@ pub struct ServeArgs {
     /// fragmentation.
     #[arg(long, value_name = "SIZE", default_value = "64KiB")]
     pub max_message: Bytes,
+    #[command(flatten)]
+    pub fleet: Box<FleetArgs>,
+}
+
+/// The help section of the fleet flags. Set per flag: a `next_help_heading` on the flattened
+/// struct would also head the global flags that follow it in every subcommand's help.
+const FLEET_HEADING: &str = "Many hosts (NATS JetStream)";
+
+/// Many hosts: publishing this server's events to NATS JetStream, importing other servers'.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Publish every stored event to NATS JetStream: nats://HOST:PORT, several comma-separated
+    /// for a cluster. Credentials go in --nats-creds, never in the URL.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "URLS")]
+    pub publish: Option<String>,
+    /// Import the events of every publishing server from NATS JetStream into this server's
+    /// store (a central server): nats://HOST:PORT[,…]. Each origin event is stored once: the
+    /// highest origin id stored per origin server instance is committed with the events in
+    /// the --store file; with --store memory it is kept in memory, and a restarted central
+    /// server reads the stream from its start.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "URLS")]
+    pub subscribe: Option<String>,
+    /// This server's name in the fleet (the subject lpcmon.<host>.<kind> and the `host`
+    /// filter). Default: the machine's name. Characters other than letters, digits, - and _
+    /// become _.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "NAME")]
+    pub host_name: Option<String>,
+    /// The JetStream stream.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "NAME", default_value = "LPCMON")]
+    pub nats_stream: String,
+    /// Replicas of the stream when a publisher creates it (3 for a three-node cluster).
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+    /// The durable consumer a subscribing server reads with (one per central server).
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "NAME", default_value = "lpcmon-central")]
+    pub nats_consumer: String,
+    /// Most publishes awaiting JetStream's acknowledgement at once.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub nats_window: u32,
+    /// NATS credentials file (.creds: user JWT and NKey seed). Read by lpcmon; never logged.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificates (PEM) for the NATS servers' TLS certificates; turns TLS on.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with NATS; needs --nats-tls-key.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "FILE", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with NATS; needs --nats-tls-cert.
+    #[arg(long, help_heading = FLEET_HEADING, value_name = "FILE", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

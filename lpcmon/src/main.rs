@@ -5,6 +5,7 @@ mod access;
 mod cli;
 mod config;
 mod exit;
+mod fleet;
 mod http;
 mod manual;
 mod status;
@@ -160,7 +161,9 @@ async fn serve_until(
     let port = args.port.clone().unwrap_or_else(cli::default_port);
     let database = open_store(&args)?;
     let idle_timeout = args.idle_timeout.0.max(std::time::Duration::from_secs(1));
+    let fleet = fleet::FleetPlan::from_args(&args.fleet)?;
     let config = ApiConfig {
+        host_name: fleet.as_ref().map(|f| f.host.as_str().into()),
         token,
         hosts: access::host_policy(args.listen, &args.allowed_hosts),
         max_connections: args.max_http_connections,
@@ -199,6 +202,10 @@ async fn serve_until(
         .context("cannot start the ingest thread")?;
     let port_server = start_port(&args, &port, ingest_tx, state.ingest_budget(), restored)?;
     let sensor = start_sensor(&args, &port, &state, &stop)?;
+    let fleet_tasks = fleet
+        .map(|plan| plan.start(&state))
+        .transpose()?
+        .unwrap_or_default();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -216,6 +223,11 @@ async fn serve_until(
     tokio::task::spawn_blocking(move || stop_port(port_server))
         .await
         .context("port server shutdown")??;
+    // The importer and the publisher first: an import cut short is redelivered by NATS and
+    // dropped by the marks if it was stored; the publisher resumes from its saved position.
+    for task in fleet_tasks {
+        task.abort();
+    }
     // The port server held the only sender: the ingest thread stores what is left and ends.
     // Then the store commits everything (a graceful stop loses nothing). Ingest waits for the
     // store writer while its id reservation is used up (a long disk-full), so the wait is

@@ -206,6 +206,9 @@ wire_enum! {
         /// The server received the event but could not write it to its database (disk full,
         /// I/O error). Only the server reports it; it never travels on the wire from a producer.
         Store = 7 => "store",
+        /// A server's store evicted events before they could be published to the fleet's NATS
+        /// stream (the range is of that server's event ids). Never on the port's wire.
+        Publish = 8 => "publish",
     }
 }
 

@@ -28,10 +28,10 @@ mod writer;
 
 pub use error::{OpenError, StoreError};
 pub use export::{ExportError, ExportFormat, export};
-pub use read::{EventRow, Filter, IdGap, Order, PageQuery};
+pub use read::{EventRow, Filter, HostFilter, IdGap, Order, PageQuery};
 /// The newest schema version this build reads and writes (`PRAGMA user_version`).
 pub use schema::latest_version as latest_schema_version;
 pub use writer::{
     COMMIT_EVENTS, COMMIT_INTERVAL, CommitLatency, Database, DiskStatus, ID_BLOCK, Ledger, MAX_QUEUED,
-    NewEvent, ProducerLedger, ProducerState, Retention, RetentionReport, StoreFailure,
+    NewEvent, OriginMark, ProducerLedger, ProducerState, Retention, RetentionReport, StoreFailure,
 };

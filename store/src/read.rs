@@ -15,6 +15,8 @@ pub struct EventRow {
     pub producer_kind: String,
     /// The producer instance, 32 lowercase hex digits.
     pub producer: String,
+    /// The origin host of an imported event; `None` for this server's own.
+    pub host: Option<String>,
     pub json: String,
 }
 
@@ -29,6 +31,16 @@ pub struct Filter {
     pub producer_prefix: Option<String>,
     /// A lowercase substring of the event's search text.
     pub q: Option<String>,
+    pub host: Option<HostFilter>,
+}
+
+/// Which server first stored the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostFilter {
+    /// This server (`host` is NULL).
+    Own,
+    /// Imported from this origin host.
+    Origin(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +71,7 @@ pub struct IdGap {
 pub(crate) const GAP_RESTART: &str = "restart";
 pub(crate) const GAP_STORE: &str = "store";
 
-const COLUMNS: &str = "e.id, e.time_ns, e.kind, e.pid, e.producer_kind, e.producer, e.json";
+const COLUMNS: &str = "e.id, e.time_ns, e.kind, e.pid, e.producer_kind, e.producer, e.json, e.host";
 
 /// SQLite integers are signed; ids and times stay far below `i64::MAX`.
 pub(crate) fn to_i64(v: u64) -> i64 {
@@ -75,6 +87,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         producer_kind: r.get(4)?,
         producer: r.get(5)?,
         json: r.get(6)?,
+        host: r.get(7)?,
     })
 }
 
@@ -106,6 +119,14 @@ fn filter_sql(filter: &Filter, sql: &mut String, values: &mut Vec<Value>) {
         sql.push_str(" AND substr(e.producer, 1, ?) = ?");
         values.push(Value::Integer(prefix.len() as i64));
         values.push(Value::Text(prefix.clone()));
+    }
+    match &filter.host {
+        None => {}
+        Some(HostFilter::Own) => sql.push_str(" AND e.host IS NULL"),
+        Some(HostFilter::Origin(host)) => {
+            sql.push_str(" AND e.host = ?");
+            values.push(Value::Text(host.clone()));
+        }
     }
     if let Some(q) = &filter.q {
         // The trigram index finds candidates for three characters or more; `instr` keeps the

@@ -55,9 +55,37 @@ CREATE TABLE totals (
 ) WITHOUT ROWID;
 "#;
 
-/// Version 3 (numbered after version 2, the `host` column another change adds): a lighter
-/// full-text index. `detail = none` keeps only which rows hold a trigram, not where (a third
-/// of the size, and most of the writer's CPU per event); `columnsize = 0` drops the
+/// Version 2: the fleet (`serve --publish/--subscribe`, NATS JetStream). Self-contained, so it
+/// can be renumbered beside other migrations. Described in `docs/store.md`.
+///
+/// * `events.host`: the origin host of an imported event; NULL for this server's own events
+///   (their host is whatever `--host-name` says now).
+/// * `origins`: per origin server instance, the highest origin id stored and how many events
+///   and (by stage, JSON) losses were imported from it, committed in the same transaction as
+///   the imported events they cover, so a redelivery after a crash is recognised and the
+///   hosts panel counts survive restarts.
+/// * `fleet`: this database's server instance (the middle of its published message ids) and
+///   the publisher's position (every id up to it acknowledged by NATS or counted lost).
+const V2_FLEET: &str = r#"
+ALTER TABLE events ADD COLUMN host TEXT;
+CREATE INDEX events_host ON events (host, id) WHERE host IS NOT NULL;
+CREATE TABLE origins (
+    instance TEXT PRIMARY KEY,
+    host     TEXT    NOT NULL,
+    last_id  INTEGER NOT NULL,
+    events   INTEGER NOT NULL,
+    losses   TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE fleet (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+
+/// Version 3: a lighter full-text index. `detail = none` keeps only which rows hold a
+/// trigram, not where (a third of the size, and most of the writer's CPU per event);
+/// `columnsize = 0` drops the
 /// per-row size table that only ranking uses. Phrases are not supported without positions,
 /// so `q` asks for every trigram of the substring and `instr` confirms the exact match (see
 /// `read::filter_sql`). The index is rebuilt from `events.search` once, at upgrade.
@@ -78,7 +106,7 @@ DROP INDEX events_producer_kind;
 "#;
 
 /// The migrations, one per version, in order. Never edit a shipped one: add the next.
-const MIGRATIONS: &[&str] = &[V1, V3];
+const MIGRATIONS: &[&str] = &[V1, V2_FLEET, V3];
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
@@ -276,7 +304,8 @@ mod tests {
     }
 
     /// A file written by the first release (schema version 1, events in the old full-detail
-    /// index) opens, upgrades, and its events are found by `q` through the new index.
+    /// index) opens and upgrades: its events are found by `q` through the new index, and it
+    /// gains the fleet's columns and tables, empty.
     #[test]
     fn a_version_1_file_upgrades() {
         let dir = tempfile::tempdir().unwrap();
@@ -326,5 +355,13 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(found, vec![2]);
+        let host: Option<String> = conn
+            .query_row("SELECT host FROM events WHERE id = 2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(host, None);
+        let origins: i64 = conn
+            .query_row("SELECT count(*) FROM origins", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(origins, 0);
     }
 }

@@ -42,6 +42,8 @@ pub struct NewEvent {
     pub pid: Option<u32>,
     pub producer_kind: &'static str,
     pub producer: Arc<str>,
+    /// The origin host of an imported event; `None` for this server's own.
+    pub host: Option<Arc<str>>,
     pub search: Arc<str>,
     /// The event's JSON, as the in-memory tail holds it (validated once, at ingest).
     pub json: Arc<RawValue>,
@@ -70,6 +72,21 @@ pub type ProducerState = ProducerLedger;
 pub struct Ledger {
     pub producers: Vec<ProducerLedger>,
     pub totals: Option<String>,
+    /// The fleet's high-water marks the batch's imported events raise.
+    pub origins: Vec<OriginMark>,
+    /// The fleet publisher's position: every id up to it acknowledged by NATS or counted lost.
+    pub publish_acked: Option<u64>,
+}
+
+/// One origin server instance whose events were imported (`--subscribe`): the highest origin
+/// id stored, and running totals of the events and the losses (by stage) imported from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginMark {
+    pub instance: String,
+    pub host: String,
+    pub last_id: u64,
+    pub events: u64,
+    pub losses: BTreeMap<String, u64>,
 }
 
 /// What the database keeps. Each limit is applied after every commit.
@@ -157,6 +174,9 @@ pub struct Database {
     next_id: u64,
     restored_producers: Vec<ProducerState>,
     restored_totals: Option<String>,
+    restored_origins: Vec<OriginMark>,
+    restored_publish_acked: u64,
+    server_instance: String,
     restart_gap: Option<IdGap>,
     _lock: LockFile,
 }
@@ -175,6 +195,26 @@ fn set_meta(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
     )?
     .execute(params![key, to_i64(value)])?;
     Ok(())
+}
+
+fn fleet_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM fleet WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_fleet_value(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO fleet (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
+
+/// A new database's server instance: the creation time and the pid, 32 hex digits, unique per
+/// database on a host (the host is beside it in every message id).
+fn new_server_instance() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{:024x}{:08x}", now.as_nanos(), std::process::id())
 }
 
 fn db_bytes(conn: &Connection) -> rusqlite::Result<u64> {
@@ -231,6 +271,9 @@ impl Database {
                 set_meta(&tx, "last_id", gap.last).map_err(&fail)?;
             }
             set_meta(&tx, "reserved_until", new_reserved).map_err(&fail)?;
+            if fleet_value(&tx, "server_instance").map_err(&fail)?.is_none() {
+                set_fleet_value(&tx, "server_instance", &new_server_instance()).map_err(&fail)?;
+            }
             tx.commit().map_err(&fail)?;
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(&fail)?;
@@ -257,6 +300,33 @@ impl Database {
             })
             .optional()
             .map_err(&fail)?;
+        let server_instance = fleet_value(&conn, "server_instance")
+            .map_err(&fail)?
+            .unwrap_or_default();
+        let restored_publish_acked = fleet_value(&conn, "publish_acked")
+            .map_err(&fail)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let restored_origins = {
+            let mut stmt = conn
+                .prepare("SELECT instance, host, last_id, events, losses FROM origins")
+                .map_err(&fail)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let losses: String = r.get(4)?;
+                    Ok(OriginMark {
+                        instance: r.get(0)?,
+                        host: r.get(1)?,
+                        last_id: r.get::<_, i64>(2)? as u64,
+                        events: r.get::<_, i64>(3)? as u64,
+                        // Written by this code as a JSON object of counts; anything else (the
+                        // file edited by hand) reads as no losses.
+                        losses: serde_json::from_str(&losses).unwrap_or_default(),
+                    })
+                })
+                .map_err(&fail)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(&fail)?
+        };
         let (oldest, newest) = read::oldest_newest(&conn).map_err(|e| OpenError::Sqlite {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -329,6 +399,9 @@ impl Database {
             next_id,
             restored_producers,
             restored_totals,
+            restored_origins,
+            restored_publish_acked,
+            server_instance,
             restart_gap,
             _lock: lock_file,
         })
@@ -385,6 +458,22 @@ impl Database {
         self.restored_totals.as_deref()
     }
 
+    /// The fleet's high-water marks as the last run committed them.
+    pub fn restored_origins(&self) -> &[OriginMark] {
+        &self.restored_origins
+    }
+
+    /// The fleet publisher's position as the last run saved it (0 if it never published).
+    pub fn restored_publish_acked(&self) -> u64 {
+        self.restored_publish_acked
+    }
+
+    /// This database's server instance (32 hex digits), made when the file was created: a
+    /// restart with the same file keeps its ids and so its instance; a new file is a new one.
+    pub fn server_instance(&self) -> &str {
+        &self.server_instance
+    }
+
     /// Hands events (ids ascending, continuing the previous call's) and the accounting that
     /// describes them to the writer. Never blocks.
     pub fn append(&self, events: Vec<NewEvent>, ledger: Ledger) {
@@ -405,6 +494,17 @@ impl Database {
             );
             record_failure(&self.shared, &batch.events);
         }
+    }
+
+    /// Saves the fleet publisher's position with the next commit.
+    pub fn save_publish_position(&self, acked: u64) {
+        self.append(
+            Vec::new(),
+            Ledger {
+                publish_acked: Some(acked),
+                ..Ledger::default()
+            },
+        );
     }
 
     /// Whether a write error stands or failures wait to be acknowledged: cheap, for checking
@@ -497,6 +597,8 @@ fn record_failure(shared: &Shared, events: &[NewEvent]) {
 struct PendingLedger {
     producers: BTreeMap<String, ProducerLedger>,
     totals: Option<String>,
+    origins: BTreeMap<String, OriginMark>,
+    publish_acked: Option<u64>,
 }
 
 impl PendingLedger {
@@ -507,6 +609,21 @@ impl PendingLedger {
         if ledger.totals.is_some() {
             self.totals = ledger.totals;
         }
+        // Running totals: the newest record of an instance holds everything before it.
+        for mut o in ledger.origins {
+            if let Some(old) = self.origins.get(&o.instance) {
+                o.last_id = o.last_id.max(old.last_id);
+            }
+            self.origins.insert(o.instance.clone(), o);
+        }
+        if let Some(acked) = ledger.publish_acked {
+            self.publish_acked = Some(self.publish_acked.unwrap_or(0).max(acked));
+        }
+    }
+
+    /// Whether something must be committed even without events.
+    fn is_empty(&self) -> bool {
+        self.producers.is_empty() && self.origins.is_empty() && self.publish_acked.is_none()
     }
 }
 
@@ -537,7 +654,7 @@ impl Writer {
                 Ok(batch) => self.take(batch, &mut events),
                 Err(RecvTimeoutError::Timeout) => {
                     // Idle: apply the age limit, and retry accounting a failed commit left.
-                    if self.failing || !self.pending_ledger.producers.is_empty() {
+                    if self.failing || !self.pending_ledger.is_empty() {
                         self.commit(&mut events);
                     }
                     self.retain();
@@ -575,8 +692,8 @@ impl Writer {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (id, time_ns, kind, pid, producer_kind, producer, search, json) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO events (id, time_ns, kind, pid, producer_kind, producer, search, json, host) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, search) VALUES (?1, ?2)")?;
             for e in events {
@@ -588,7 +705,8 @@ impl Writer {
                     e.producer_kind,
                     &*e.producer,
                     &*e.search,
-                    e.json.get()
+                    e.json.get(),
+                    e.host.as_deref()
                 ])?;
                 fts.execute(params![to_i64(e.id), &*e.search])?;
             }
@@ -598,6 +716,23 @@ impl Writer {
             )?;
             for p in self.pending_ledger.producers.values() {
                 producer.execute(params![p.instance, p.kind, to_i64(p.next_seq), p.counters])?;
+            }
+            let mut origin = tx.prepare_cached(
+                "INSERT INTO origins (instance, host, last_id, events, losses) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (instance) DO UPDATE SET last_id = max(last_id, ?3), events = ?4, losses = ?5",
+            )?;
+            for o in self.pending_ledger.origins.values() {
+                let losses = serde_json::to_string(&o.losses).unwrap_or_else(|_| "{}".into());
+                origin.execute(params![
+                    o.instance,
+                    o.host,
+                    to_i64(o.last_id),
+                    to_i64(o.events),
+                    losses
+                ])?;
+            }
+            if let Some(acked) = self.pending_ledger.publish_acked {
+                set_fleet_value(&tx, "publish_acked", &acked.to_string())?;
             }
             if let Some(totals) = &self.pending_ledger.totals {
                 tx.execute(

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lpcmon_store::{
-    Database, ExportFormat, Filter, ID_BLOCK, Ledger, NewEvent, Order, PageQuery, ProducerLedger, Retention,
-    export,
+    Database, ExportFormat, Filter, HostFilter, ID_BLOCK, Ledger, NewEvent, Order, OriginMark, PageQuery,
+    ProducerLedger, Retention, export,
 };
 
 const KEEP_ALL: Retention = Retention {
@@ -23,6 +23,8 @@ fn event(id: u64, kind: &'static str, search: &str) -> NewEvent {
         pid: Some(id as u32 % 7),
         producer_kind: "loadgen",
         producer: Arc::from(if id.is_multiple_of(2) { "aa00" } else { "bb00" }),
+        // Every fifth event imported from host "web".
+        host: id.is_multiple_of(5).then(|| Arc::from("web")),
         search: Arc::from(search),
         json: Arc::from(
             serde_json::value::RawValue::from_string(format!(r#"{{"id":{id},"kind":"{kind}"}}"#)).unwrap(),
@@ -55,6 +57,7 @@ fn fill(db: &Database, ids: std::ops::RangeInclusive<u64>) {
                 counters: "{}".into(),
             }],
             totals: Some(r#"{"x":1}"#.into()),
+            ..Ledger::default()
         },
     );
 }
@@ -327,4 +330,75 @@ fn exports_ndjson_and_csv_while_open() {
     );
     assert_eq!(lines.len(), 4);
     drop(db);
+}
+
+#[test]
+fn fleet_state_survives_a_restart_and_hosts_filter_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let db = Database::open(&path, KEEP_ALL).unwrap();
+    let instance = db.server_instance().to_owned();
+    assert_eq!(instance.len(), 32);
+    assert_eq!(db.restored_publish_acked(), 0);
+    assert!(db.restored_origins().is_empty());
+    fill(&db, 1..=20);
+    let mark = |last_id| OriginMark {
+        instance: "o1".into(),
+        host: "web".into(),
+        last_id,
+        events: last_id * 2,
+        losses: [("publish".to_owned(), last_id)].into(),
+    };
+    db.append(
+        vec![],
+        Ledger {
+            origins: vec![mark(7)],
+            ..Ledger::default()
+        },
+    );
+    // In a later transaction, a lower mark never lowers the stored one; the totals are the
+    // newest record's.
+    std::thread::sleep(Duration::from_millis(50));
+    db.append(
+        vec![],
+        Ledger {
+            origins: vec![mark(3)],
+            ..Ledger::default()
+        },
+    );
+    db.save_publish_position(12);
+    db.save_publish_position(9);
+    let web = Filter {
+        host: Some(HostFilter::Origin("web".into())),
+        ..Filter::default()
+    };
+    let own = Filter {
+        host: Some(HostFilter::Own),
+        ..Filter::default()
+    };
+    db.close();
+    drop(db);
+
+    let db = Database::open(&path, KEEP_ALL).unwrap();
+    assert_eq!(
+        db.server_instance(),
+        instance,
+        "the same file is the same instance"
+    );
+    assert_eq!(db.restored_publish_acked(), 12);
+    assert_eq!(
+        db.restored_origins(),
+        &[OriginMark {
+            last_id: 7,
+            ..mark(3)
+        }]
+    );
+    assert_eq!(ids(&db, &web, Order::Ascending, 100), vec![5, 10, 15, 20]);
+    assert_eq!(ids(&db, &own, Order::Ascending, 100).len(), 16);
+    assert_eq!(db.get(5).unwrap().unwrap().host.as_deref(), Some("web"));
+    db.close();
+    drop(db);
+
+    let other = Database::open(&dir.path().join("other.db"), KEEP_ALL).unwrap();
+    assert_ne!(other.server_instance(), instance, "a new file is a new instance");
 }

@@ -78,7 +78,11 @@ pub async fn one(
         ))
     })?;
     let in_tail = state.store().get(id).cloned();
-    let found = in_tail.or_else(|| state.database().and_then(|db| crate::durable::get(db, id)));
+    let found = in_tail.or_else(|| {
+        state
+            .database()
+            .and_then(|db| crate::durable::get(db, state.config().host_name.as_ref(), id))
+    });
     let Some(event) = found else {
         let held = match (state.oldest_id(), state.newest_id()) {
             (Some(oldest), Some(newest)) => format!("the store holds ids {oldest} to {newest}"),

@@ -82,7 +82,6 @@ CREATE TABLE fleet (
 ) WITHOUT ROWID;
 "#;
 
-
 /// Version 3: a lighter full-text index. `detail = none` keeps only which rows hold a
 /// trigram, not where (a third of the size, and most of the writer's CPU per event);
 /// `columnsize = 0` drops the

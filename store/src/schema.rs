@@ -84,9 +84,8 @@ CREATE TABLE fleet (
 
 /// Version 3: a lighter full-text index. `detail = none` keeps only which rows hold a
 /// trigram, not where (a third of the size, and most of the writer's CPU per event);
-/// `columnsize = 0` drops the
-/// per-row size table that only ranking uses. Phrases are not supported without positions,
-/// so `q` asks for every trigram of the substring and `instr` confirms the exact match (see
+/// `columnsize = 0` drops the per-row size table that only ranking uses. Phrases are not
+/// supported without positions, so `q` asks for every trigram of the substring and `instr` confirms the exact match (see
 /// `read::filter_sql`). The index is rebuilt from `events.search` once, at upgrade.
 /// `secure-delete` removes a deleted row's entries from the index at once, instead of leaving
 /// delete markers until segments merge: retention frees the index's pages as it deletes, so

@@ -119,6 +119,9 @@ struct Subscriber {
     /// Whether the consumer was already made again for this process ([`Subscriber::rewind`]).
     rewound: bool,
     deliver: DeliverPolicy,
+    /// When the stream read so far was created: a different time is a stream deleted and made
+    /// again, whose sequence numbers start over.
+    stream_created: Option<time::OffsetDateTime>,
 }
 
 async fn run(state: AppState, config: SubscribeConfig, marks: Marks) {
@@ -135,6 +138,7 @@ async fn run(state: AppState, config: SubscribeConfig, marks: Marks) {
         config,
         marks,
         rewound: false,
+        stream_created: None,
         deliver: DeliverPolicy::All,
     };
     let events = s.state.clone();
@@ -215,6 +219,19 @@ impl Subscriber {
             self.deliver = self.rewind(&stream).await;
             self.rewound = true;
         }
+        let created = stream.cached_info().created;
+        if self.stream_created.is_some_and(|before| before != created) {
+            // The stream was deleted and made again (by a publisher) under this process: a
+            // start sequence of the old stream would skip the new one's first messages, so
+            // read it from its start; the marks drop whatever was stored already.
+            warn!(
+                stream = %self.config.stream,
+                "subscribe: the stream was deleted and created again; reading the new one from its \
+                 start (what the old one held and this server had not imported is gone with it)"
+            );
+            self.deliver = DeliverPolicy::All;
+        }
+        self.stream_created = Some(created);
         stream
             .get_or_create_consumer(
                 &self.config.consumer,

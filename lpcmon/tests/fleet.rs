@@ -499,6 +499,83 @@ fn central_killed_mid_import_restarts_from_its_file_without_duplicates_or_gaps()
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// Deletes a JetStream stream the way `nats stream rm` does: a request on the JetStream API
+/// subject, over the plain NATS protocol (CONNECT, PUB, then PING/PONG so the server has read
+/// the PUB before the connection closes).
+fn delete_stream(nats: &Nats, stream: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    write!(
+        &tcp,
+        "CONNECT {{\"verbose\":false}}\r\nPUB $JS.API.STREAM.DELETE.{stream} 0\r\n\r\nPING\r\n"
+    )
+    .unwrap();
+    for _ in 0..10 {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.starts_with("PONG") {
+            return;
+        }
+        assert!(!line.starts_with("-ERR"), "{line}");
+    }
+    panic!("no PONG from nats-server");
+}
+
+/// The stream deleted under running servers: both log it and recover on their own, the
+/// publisher makes the stream again, and a central server that had resumed after a restart
+/// (at a start sequence of the old stream) reads the new stream from its start instead of
+/// skipping its first messages. What the old stream held was all imported before the delete,
+/// so the accounting is exact again at the end.
+#[test]
+fn a_stream_deleted_under_running_servers_is_made_again_and_nothing_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nats(dir.path(), 1);
+    let url = urls(&nodes);
+    let origin = Lpcmon::new(
+        dir.path(),
+        "origin",
+        Store::File,
+        &["--publish", &url, "--host-name", "src"],
+    );
+    let mut central = Lpcmon::new(
+        dir.path(),
+        "central",
+        Store::File,
+        &["--subscribe", &url, "--host-name", "hub"],
+    );
+    loadgen(&origin.socket, 2000, 2000).join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (first, _) = assert_host_complete(&origin, &central, "src", deadline);
+    // Restarted on its file, the central server resumes at a start sequence past 2,000.
+    central.kill();
+    central.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !central.log().contains("resuming after the last acknowledged message") {
+        assert!(Instant::now() < deadline, "{}", central.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    delete_stream(&nodes[0], "LPCMON");
+    loadgen(&origin.socket, 2000, 500).join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (stored, _) = assert_host_complete(&origin, &central, "src", deadline);
+    assert!(stored >= first + 500, "{stored} stored, {first} before the delete");
+    let (o, c) = (origin.log(), central.log());
+    assert!(
+        c.contains("the stream was deleted and created again"),
+        "the central server says what happened: {c}"
+    );
+    assert!(
+        o.matches("creating the NATS stream").count() >= 2,
+        "the publisher made the stream again: {o}"
+    );
+    assert!(!o.contains("panicked") && !c.contains("panicked"), "{o}\n{c}");
+}
+
 #[test]
 fn nats_down_past_retention_counts_publish_loss_exactly_and_centrally() {
     let dir = tempfile::tempdir().unwrap();

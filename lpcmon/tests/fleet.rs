@@ -555,7 +555,10 @@ fn a_stream_deleted_under_running_servers_is_made_again_and_nothing_is_skipped()
     central.kill();
     central.start();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !central.log().contains("resuming after the last acknowledged message") {
+    while !central
+        .log()
+        .contains("resuming after the last acknowledged message")
+    {
         assert!(Instant::now() < deadline, "{}", central.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -563,7 +566,10 @@ fn a_stream_deleted_under_running_servers_is_made_again_and_nothing_is_skipped()
     loadgen(&origin.socket, 2000, 500).join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     let (stored, _) = assert_host_complete(&origin, &central, "src", deadline);
-    assert!(stored >= first + 500, "{stored} stored, {first} before the delete");
+    assert!(
+        stored >= first + 500,
+        "{stored} stored, {first} before the delete"
+    );
     let (o, c) = (origin.log(), central.log());
     assert!(
         c.contains("the stream was deleted and created again"),

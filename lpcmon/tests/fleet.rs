@@ -582,6 +582,155 @@ fn a_stream_deleted_under_running_servers_is_made_again_and_nothing_is_skipped()
     assert!(!o.contains("panicked") && !c.contains("panicked"), "{o}\n{c}");
 }
 
+/// A throwaway CA, and a server and a client certificate it signs, made with `openssl`.
+fn certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=lpcmon test CA",
+        ],
+    ]
+    .concat());
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+/// Mutual TLS against a real `nats-server --tlsverify`: an origin with the CA and its client
+/// certificate publishes everything; one with the CA but no client certificate is refused by
+/// the server, says so in `/stats` and its log, and keeps serving. No key material is logged.
+#[test]
+fn mutual_tls_publishes_and_a_client_without_a_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let port = free_port();
+    let _nats = Proc(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(d.join("nats"))
+            .args(["--tls", "--tlsverify"])
+            .arg("--tlscert")
+            .arg(d.join("server.pem"))
+            .arg("--tlskey")
+            .arg(d.join("server.key"))
+            .arg("--tlscacert")
+            .arg(d.join("ca.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server"),
+    );
+    wait_tcp(port, "nats-server");
+    let url = format!("nats://127.0.0.1:{port}");
+    let path = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let trusted = Lpcmon::new(
+        d,
+        "trusted",
+        Store::Memory,
+        &[
+            "--publish",
+            &url,
+            "--host-name",
+            "tls-ok",
+            "--nats-tls-ca",
+            &ca,
+            "--nats-tls-cert",
+            &cert,
+            "--nats-tls-key",
+            &key,
+        ],
+    );
+    let anonymous = Lpcmon::new(
+        d,
+        "anonymous",
+        Store::Memory,
+        &["--publish", &url, "--host-name", "no-cert", "--nats-tls-ca", &ca],
+    );
+    loadgen(&trusted.socket, 2000, 300).join().unwrap();
+    let stored = wait_published(&trusted, Instant::now() + Duration::from_secs(60));
+    assert!(stored >= 300);
+    assert_eq!(trusted.stats()["fleet"]["publish"]["nats_reachable"], true);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let s = anonymous.stats();
+        let noticed = s["notices"].as_array().is_some_and(|n| !n.is_empty());
+        if noticed && s["fleet"]["publish"]["nats_reachable"] == false {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no notice of the refusal: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(num(&refused["fleet"]["publish"]["acks"]), 0, "{refused}");
+    for server in [&trusted, &anonymous] {
+        let log = server.log();
+        assert!(!log.contains("PRIVATE KEY"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
 #[test]
 fn nats_down_past_retention_counts_publish_loss_exactly_and_centrally() {
     let dir = tempfile::tempdir().unwrap();

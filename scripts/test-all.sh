@@ -46,6 +46,8 @@ have curl || missing+=(curl)
 have python3 || missing+=(python3)
 # The fleet tests (lpcmon/tests/fleet.rs) start real NATS JetStream servers.
 have nats-server || missing+=(nats-server)
+# The fleet's mutual-TLS test makes its certificates with openssl.
+have openssl || missing+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 have npm || missing+=(nodejs npm)
 have systemd-analyze || missing+=(systemd)

@@ -1,7 +1,7 @@
 //! Model-checks the producer queue's interleavings with loom.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/work/target-loom \
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 //!     cargo test -p lpcmon-protocol --release --test loom_queue
 //! ```
 //!

@@ -392,14 +392,23 @@ impl Ingest {
 
     /// Stores other servers' events under this server's ids; returns how many were stored.
     fn import(&mut self, events: Vec<Imported>) -> usize {
-        let mut hosts: Vec<(String, HostReport)> = Vec::new();
+        // Per origin host in this batch: one shared name (so each imported event holds only a
+        // reference to it, as own events share `--host-name`) and what it added.
+        let mut hosts: Vec<(Arc<str>, HostReport)> = Vec::new();
         let mut stored = 0;
         for Imported { origin, json } in events {
             let producer = imported_producer(&json);
             let loss = json
                 .get("loss")
                 .and_then(|l| Some((l.get("stage")?.as_str()?.to_owned(), l.get("count")?.as_u64()?)));
-            let host: Arc<str> = origin.host.as_str().into();
+            let at = match hosts.iter().position(|(h, _)| **h == *origin.host) {
+                Some(at) => at,
+                None => {
+                    hosts.push((origin.host.as_str().into(), HostReport::default()));
+                    hosts.len() - 1
+                }
+            };
+            let host = hosts[at].0.clone();
             let mut recorded = false;
             let now = now_ns();
             self.store_one(producer.as_ref(), now, Some(host), |id| {
@@ -419,13 +428,6 @@ impl Ingest {
                 continue;
             }
             stored += 1;
-            let at = match hosts.iter().position(|(h, _)| *h == origin.host) {
-                Some(at) => at,
-                None => {
-                    hosts.push((origin.host.clone(), HostReport::default()));
-                    hosts.len() - 1
-                }
-            };
             let report = &mut hosts[at].1;
             report.events += 1;
             if let Some((stage, count)) = loss {
@@ -435,7 +437,11 @@ impl Ingest {
         let seen = crate::timefmt::rfc3339_ns(now_ns());
         self.state.update_fleet(|f| {
             for (host, add) in hosts {
-                let report = f.hosts.entry(host).or_default();
+                if add.events == 0 {
+                    // Named only by events that were not stored: not a host this server holds.
+                    continue;
+                }
+                let report = f.hosts.entry(host.to_string()).or_default();
                 report.events += add.events;
                 for (stage, count) in add.losses {
                     *report.losses.entry(stage).or_default() += count;

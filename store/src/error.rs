@@ -43,6 +43,10 @@ pub enum OpenError {
 pub enum StoreError {
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("SQLite value: {0}")]
+    Value(#[from] rusqlite::types::FromSqlError),
+    #[error("the database is damaged: {0}")]
+    Malformed(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -19,6 +19,7 @@
 //!
 //! The schema is documented for `sqlite3` users in `docs/store.md`.
 
+mod batch;
 mod error;
 mod export;
 mod lock;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info, warn};
 
+use crate::batch::{self, EncodedBatch, Rows};
 use crate::error::{OpenError, StoreError};
 use crate::lock::{self, LockFile};
 use crate::read::{self, EventRow, GAP_RESTART, GAP_STORE, IdGap, PageQuery, to_i64};
@@ -28,8 +29,6 @@ pub const COMMIT_EVENTS: usize = 4096;
 pub const ID_BLOCK: u64 = 65_536;
 /// Events handed to the writer and not yet committed, past which the ingest task waits.
 pub const MAX_QUEUED: usize = 4 * COMMIT_EVENTS * 4;
-/// Most events retention deletes per transaction.
-const RETAIN_BATCH: u64 = 4096;
 /// How often the age limit is applied.
 const AGE_CHECK: Duration = Duration::from_secs(1);
 
@@ -114,6 +113,8 @@ pub struct DiskStatus {
     pub bytes: u64,
     pub oldest_id: Option<u64>,
     pub newest_id: Option<u64>,
+    /// When (wall-clock ns since the epoch) the commit holding `newest_id` ended.
+    pub newest_committed_ns: Option<u64>,
     pub evicted: u64,
     pub stored_total: u64,
     /// Events that could not be written (the `store` loss stage).
@@ -215,6 +216,37 @@ fn set_fleet_value(conn: &Connection, key: &str, value: &str) -> rusqlite::Resul
 fn new_server_instance() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     format!("{:024x}{:08x}", now.as_nanos(), std::process::id())
+}
+
+/// Inserts one batch: its row, its filter keys and its full-text document.
+pub(crate) fn insert_batch(conn: &Connection, b: &EncodedBatch) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO batches (first_id, last_id, count, time_min, time_max, search, json, rows) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        to_i64(b.first_id),
+        to_i64(b.last_id),
+        to_i64(b.count),
+        to_i64(b.time_min),
+        to_i64(b.time_max),
+        b.search,
+        b.json,
+        b.rows
+    ])?;
+    let mut key = conn.prepare_cached("INSERT INTO batch_keys (key, first_id) VALUES (?1, ?2)")?;
+    for k in &b.keys {
+        key.execute(params![k, to_i64(b.first_id)])?;
+    }
+    conn.prepare_cached("INSERT INTO batches_fts (rowid, search) VALUES (?1, ?2)")?
+        .execute(params![to_i64(b.first_id), b.search])?;
+    Ok(())
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn db_bytes(conn: &Connection) -> rusqlite::Result<u64> {
@@ -331,15 +363,17 @@ impl Database {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
-        let events: i64 = conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .map_err(&fail)?;
+        let events = read::live_count(&conn).map_err(|e| OpenError::Sqlite {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
         let status = DiskStatus {
             path: path.to_owned(),
-            events: events as u64,
+            events,
             bytes: db_bytes(&conn).map_err(&fail)?,
             oldest_id: oldest,
             newest_id: newest,
+            newest_committed_ns: None,
             evicted: meta(&conn, "evicted").map_err(&fail)?,
             stored_total: meta(&conn, "stored_total").map_err(&fail)?,
             lost: meta(&conn, "store_lost").map_err(&fail)?,
@@ -373,7 +407,7 @@ impl Database {
             retention,
             last_id: next_id - 1,
             reserved: new_reserved,
-            events: events as u64,
+            events,
             pending_ledger: PendingLedger::default(),
             pending_gaps: Vec::new(),
             pending_lost: 0,
@@ -691,24 +725,8 @@ impl Writer {
     fn write(&mut self, events: &[NewEvent], extend_to: Option<u64>) -> rusqlite::Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (id, time_ns, kind, pid, producer_kind, producer, search, json, host) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, search) VALUES (?1, ?2)")?;
-            for e in events {
-                insert.execute(params![
-                    to_i64(e.id),
-                    to_i64(e.time_ns),
-                    e.kind,
-                    e.pid,
-                    e.producer_kind,
-                    &*e.producer,
-                    &*e.search,
-                    e.json.get(),
-                    e.host.as_deref()
-                ])?;
-                fts.execute(params![to_i64(e.id), &*e.search])?;
+            if !events.is_empty() {
+                insert_batch(&tx, &batch::encode(events))?;
             }
             let mut producer = tx.prepare_cached(
                 "INSERT INTO producers (instance, kind, next_seq, counters) VALUES (?1, ?2, ?3, ?4) \
@@ -818,6 +836,7 @@ impl Writer {
                 if n > 0 {
                     status.oldest_id.get_or_insert(events[0].id);
                     status.newest_id = newest;
+                    status.newest_committed_ns = Some(wall_ns());
                 }
             }
             Err(e) => {
@@ -950,60 +969,68 @@ impl Writer {
         }
     }
 
-    /// One retention batch; how many events it deleted.
+    /// One retention step on the oldest batch: deletes it whole, or (for the count and age
+    /// limits) only its oldest events by moving the retention mark. How many events it deleted.
     fn retain_step(&mut self, cutoff: Option<u64>) -> Result<u64, StoreError> {
         if self.events == 0 {
             return Ok(0);
         }
         let over_count = self.events.saturating_sub(self.retention.events);
-        let bytes = db_bytes(&self.conn)?;
-        let over_bytes = if bytes > self.retention.bytes {
-            // Enough of the oldest events to free the excess, by the mean event size.
-            let per_event = (bytes / self.events).max(1);
-            (bytes - self.retention.bytes).div_ceil(per_event).max(64)
-        } else {
-            0
-        };
-        let old: u64 = match cutoff {
-            Some(cutoff) => self.conn.query_row(
-                "SELECT count(*) FROM (SELECT 1 FROM events WHERE time_ns < ?1 LIMIT ?2)",
-                params![to_i64(cutoff), to_i64(RETAIN_BATCH)],
-                |r| r.get::<_, i64>(0),
-            )? as u64,
-            None => 0,
-        };
-        let n = over_count
-            .max(over_bytes)
-            .max(old)
-            .min(RETAIN_BATCH)
-            .min(self.events);
-        if n == 0 {
+        let over_bytes = db_bytes(&self.conn)? > self.retention.bytes;
+        if over_count == 0 && !over_bytes && cutoff.is_none() {
             return Ok(0);
         }
-        let upto: i64 = self.conn.query_row(
-            "SELECT id FROM events ORDER BY id LIMIT 1 OFFSET ?1",
-            [to_i64(n - 1)],
-            |r| r.get(0),
-        )?;
+        let Some(oldest) = read::oldest_batch(&self.conn)? else {
+            return Ok(0);
+        };
+        let rows = Rows::decode(&oldest.rows).map_err(read::malformed)?;
+        let live_from = (0..rows.len())
+            .find(|&i| rows.id(i) >= oldest.first_kept)
+            .unwrap_or(rows.len());
+        let live = (rows.len() - live_from) as u64;
+        let aged = match cutoff {
+            Some(cutoff) => rows
+                .entries()
+                .skip(live_from)
+                .take_while(|e| e.time_ns < cutoff)
+                .count() as u64,
+            None => 0,
+        };
+        let n = over_count.max(aged);
         let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO events_fts (events_fts, rowid, search) \
-             SELECT 'delete', id, search FROM events WHERE id <= ?1",
-            [upto],
-        )?;
-        let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [upto])? as u64;
+        let deleted = if over_bytes || n >= live {
+            tx.execute(
+                "INSERT INTO batches_fts (batches_fts, rowid, search) \
+                 SELECT 'delete', first_id, search FROM batches WHERE first_id = ?1",
+                [to_i64(oldest.first_id)],
+            )?;
+            {
+                let mut key = tx.prepare_cached("DELETE FROM batch_keys WHERE key = ?1 AND first_id = ?2")?;
+                for k in rows.keys() {
+                    key.execute(params![k, to_i64(oldest.first_id)])?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM batches WHERE first_id = ?1",
+                [to_i64(oldest.first_id)],
+            )?;
+            set_meta(&tx, "first_kept", oldest.last_id + 1)?;
+            live
+        } else if n > 0 {
+            set_meta(&tx, "first_kept", rows.id(live_from + n as usize))?;
+            n
+        } else {
+            return Ok(0);
+        };
         let evicted = meta(&tx, "evicted")?;
         set_meta(&tx, "evicted", evicted + deleted)?;
-        // FTS5 keeps deleted entries until it merges segments: do a bounded amount of merging.
-        tx.execute(
-            "INSERT INTO events_fts (events_fts, rank) VALUES ('merge', 256)",
-            [],
-        )?;
         tx.commit()?;
-        // Each step of the pragma returns one freed page to the file system.
-        let mut vacuum = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
-        let mut pages = vacuum.query([])?;
-        while pages.next()?.is_some() {}
+        if over_bytes {
+            // Each step of the pragma returns one freed page to the file system.
+            let mut vacuum = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+            let mut pages = vacuum.query([])?;
+            while pages.next()?.is_some() {}
+        }
         Ok(deleted)
     }
 

@@ -305,6 +305,12 @@ impl DurableIngest {
         self.shed.drop_publish_loss(first_id, last_id, count);
     }
 
+    /// Whether the writer has failures to count (or an error stands), or dropped records wait
+    /// to be reported: then the ingest task looks again soon even if nothing arrives.
+    pub fn has_news(&self) -> bool {
+        self.shed.reports() > 0 || self.db.needs_attention()
+    }
+
     /// How many `loss` records describe the records dropped so far (0 if none were).
     pub fn dropped_reports(&self) -> usize {
         self.shed.reports()

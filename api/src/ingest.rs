@@ -32,9 +32,9 @@ use count::count;
 
 /// Most outputs taken from the channel at once.
 const INGEST_BATCH: usize = 256;
-/// How often, while records dropped for want of ids are not yet reported, the ingest task
-/// looks whether ids can be given again (when no output arrives to make it look).
-const DROPPED_REPORT_RETRY: Duration = Duration::from_millis(100);
+/// How often, while the store has news for it (write failures to count, records dropped for
+/// want of ids to report), the ingest task looks even when no output arrives.
+const STORE_NEWS_POLL: Duration = Duration::from_millis(100);
 
 /// Starts the ingest task. Call it once per [`AppState`]: the task owns id assignment. It ends
 /// when every sender of `rx` is dropped, after handing everything to the database writer; then
@@ -104,7 +104,8 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
                 ingest.handle_batch(&mut batch);
             }
             Some(injection) = recv_injected(&mut injected) => ingest.inject(injection).await,
-            _ = tokio::time::sleep(DROPPED_REPORT_RETRY), if ingest.dropped_reports() > 0 => {
+            // Flushed below: that takes the writer's failures into the counters.
+            _ = tokio::time::sleep(STORE_NEWS_POLL), if ingest.store_has_news() => {
                 ingest.make_room(0).await;
                 ingest.report_dropped();
             }
@@ -399,6 +400,12 @@ impl Ingest {
     /// Whether `count` more ids may be given out now.
     fn ids_for(&self, count: usize) -> bool {
         count == 0 || self.next_id.saturating_add(count as u64 - 1) <= self.id_limit
+    }
+
+    /// Whether the database writer has failures to count, or dropped records wait to be
+    /// reported.
+    fn store_has_news(&self) -> bool {
+        self.durable.as_ref().is_some_and(DurableIngest::has_news)
     }
 
     /// How many `loss` records wait to report records dropped for want of ids.

@@ -773,10 +773,11 @@ async fn probe(base: String, stop: Arc<AtomicBool>) -> (u32, Vec<String>) {
 async fn a_long_disk_full_loses_nothing_uncounted() {
     const TEST: &str = "a_long_disk_full_loses_nothing_uncounted";
     // Clearly more than the ids reserved ahead, at a rate a debug build ingests without
-    // `server_ingest` loss on a busy machine.
-    const OUTAGE_EVENTS: u64 = 90_000;
-    const OUTAGE_RATE: &str = "10000";
-    assert!(OUTAGE_EVENTS > lpcmon_store::ID_BLOCK + 20_000);
+    // `server_ingest` loss beside the other tests of this file on two busy cores (at 10,000
+    // a second it sometimes cannot, disk full or not).
+    const OUTAGE_EVENTS: u64 = 80_000;
+    const OUTAGE_RATE: &str = "5000";
+    assert!(OUTAGE_EVENTS > lpcmon_store::ID_BLOCK + 10_000);
     let s = setup();
     let Some(mount) = SmallTmpfs::mount(&s, TEST) else {
         return;

@@ -777,7 +777,7 @@ async fn a_long_disk_full_loses_nothing_uncounted() {
     // a second it sometimes cannot, disk full or not).
     const OUTAGE_EVENTS: u64 = 80_000;
     const OUTAGE_RATE: &str = "5000";
-    assert!(OUTAGE_EVENTS > lpcmon_store::ID_BLOCK + 10_000);
+    const { assert!(OUTAGE_EVENTS > lpcmon_store::ID_BLOCK + 10_000) };
     let s = setup();
     let Some(mount) = SmallTmpfs::mount(&s, TEST) else {
         return;

@@ -169,25 +169,7 @@ fn losses_sum(producer: &Value) -> u64 {
 
 /// The loadgen producer's `/stats` entry once it is disconnected and its counters stop moving.
 async fn settled_loadgen(base: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last: Option<Value> = None;
-    while Instant::now() < deadline {
-        let stats = get_json(&format!("{base}/stats")).await;
-        let p = stats["producers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["kind"] == "loadgen" && p["connected"] == false)
-            .cloned();
-        if let Some(p) = p {
-            if last.as_ref() == Some(&p["counters"]) {
-                return p;
-            }
-            last = Some(p["counters"].clone());
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-    panic!("the load generator's counters did not settle: {last:?}");
+    settled_new_loadgen(base, &[]).await
 }
 
 async fn wait_for_events(base: &str, at_least: u64) {
@@ -728,7 +710,7 @@ async fn settled_new_loadgen(base: &str, known: &[String]) -> Value {
             }
             last = Some(p["counters"].clone());
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     panic!("the load generator's counters did not settle: {last:?}");
 }

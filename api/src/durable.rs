@@ -4,7 +4,9 @@
 //! Ids: the ingest task publishes an id as soon as it lies within the block the writer has
 //! reserved in a committed transaction ([`Database::reserved_until`]), so live streams never
 //! wait for the disk, and an id that a client saw is never given to another event, even after
-//! `kill -9`. When the writer falls a whole block behind, the ingest task waits for it.
+//! `kill -9`. When the writer falls a whole block behind, the ingest task waits for it. When the
+//! writer cannot write at all (disk full, I/O error) and the block is used up, the ingest task
+//! does not wait: it drops what arrives without ids and counts it as `store` loss ([`shed`]).
 //!
 //! Accounting: each producer instance's sequence position (the lowest number not yet delivered
 //! or declared lost) and running drop totals are committed in the same transaction as the
@@ -22,7 +24,7 @@ use lpcmon_store::{
     Database, EventRow, Ledger, MAX_QUEUED, NewEvent, Order, OriginMark, PageQuery, ProducerLedger,
 };
 use serde::Deserialize;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::fleet::Origin;
 use crate::kind::Kind;
@@ -30,6 +32,9 @@ use crate::query::Filter;
 use crate::state::AppState;
 use crate::stats::{SavedRecord, Stats, producer_kind};
 use crate::store::StoredEvent;
+
+mod shed;
+use shed::Shed;
 
 /// What a producer's ledger record holds besides its sequence position.
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +118,7 @@ pub struct DurableIngest {
     /// Origin instances changed since the last flush.
     dirty_origins: BTreeSet<String>,
     notice: Option<String>,
+    shed: Shed,
 }
 
 impl DurableIngest {
@@ -145,6 +151,7 @@ impl DurableIngest {
             origins,
             dirty_origins: BTreeSet::new(),
             notice: None,
+            shed: Shed::default(),
         }
     }
 
@@ -241,17 +248,26 @@ impl DurableIngest {
         });
     }
 
-    /// Waits, if it must, until `count` more ids may be published and the writer has room:
-    /// ids past the committed reservation could be reused after a crash.
-    pub async fn make_room(&mut self, state: &AppState, next_id: u64, count: usize) {
+    /// Waits, if it must, until `count` more ids may be published and the writer has room,
+    /// and returns the highest id that may be published now: ids past the committed
+    /// reservation could be reused after a crash. That is back-pressure while the writer is
+    /// only behind. While it cannot write at all, waiting would not bring ids sooner and would
+    /// lose events uncounted by the store, so it returns at once, and the caller drops the
+    /// records past the returned id ([`drop_record`](Self::drop_record)).
+    pub async fn make_room(&mut self, state: &AppState, next_id: u64, count: usize) -> u64 {
         let needed = next_id + count as u64 - 1;
-        if needed <= self.db.reserved_until() && self.db.queued() < MAX_QUEUED {
-            return;
+        let reserved = self.db.reserved_until();
+        if needed <= reserved && self.db.queued() < MAX_QUEUED {
+            return reserved;
         }
         self.flush(state);
         let started = std::time::Instant::now();
         let mut waited = 0u32;
-        while needed > self.db.reserved_until() || self.db.queued() >= MAX_QUEUED {
+        // While writing fails, the reservation bounds what is queued (every queued event has
+        // an id in it), so the queue limit need not hold either.
+        while (needed > self.db.reserved_until() || self.db.queued() >= MAX_QUEUED)
+            && !self.db.write_failing()
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
             waited += 1;
             if waited % 5000 == 0 {
@@ -263,45 +279,97 @@ impl DurableIngest {
                 );
             }
         }
-        self.db.note_ingest_wait(started.elapsed());
+        if waited > 0 {
+            self.db.note_ingest_wait(started.elapsed());
+        }
+        self.db.reserved_until()
+    }
+
+    /// Drops the record `output` would have stored, for want of an id (see [`shed`]). Returns
+    /// whether it is a producer's event: the caller counts it as the producer's `store` loss.
+    pub fn drop_record(&mut self, output: &Output) -> bool {
+        let event = self.shed.drop_record(output);
+        if self.shed.episode_started() {
+            error!(
+                reserved = self.db.reserved_until(),
+                "the store cannot write and the ids it reserved are used up: arriving events \
+                 are counted as `store` loss, without ids, until writing works again; `loss` \
+                 records will say how many"
+            );
+        }
+        event
+    }
+
+    /// Drops the record of the server's own `publish` loss, for want of an id.
+    pub fn drop_publish_loss(&mut self, first_id: u64, last_id: u64, count: u64) {
+        self.shed.drop_publish_loss(first_id, last_id, count);
+    }
+
+    /// Whether the writer has failures to count (or an error stands), or dropped records wait
+    /// to be reported: then the ingest task looks again soon even if nothing arrives.
+    pub fn has_news(&self) -> bool {
+        self.shed.reports() > 0 || self.db.needs_attention()
+    }
+
+    /// How many `loss` records describe the records dropped so far (0 if none were).
+    pub fn dropped_reports(&self) -> usize {
+        self.shed.reports()
+    }
+
+    /// The `loss` records that describe the records dropped since the last call, to store
+    /// once ids can be given again.
+    pub fn take_dropped_reports(&mut self) -> Vec<shed::Report> {
+        let (reports, dropped) = self.shed.take_reports();
+        if dropped > 0 {
+            info!(
+                dropped,
+                reports = reports.len(),
+                "ids can be given again: the records dropped meanwhile are reported as `loss` records"
+            );
+        }
+        reports
     }
 
     /// Hands the queued events and the accounting that covers them to the writer, and takes
     /// back what it could not write.
     pub fn flush(&mut self, state: &AppState) {
-        let ledger = if self.dirty.is_empty() && self.pending.is_empty() && self.dirty_origins.is_empty() {
-            None
-        } else {
-            let stats = state.stats();
-            let producers = std::mem::take(&mut self.dirty)
-                .into_iter()
-                .filter_map(|instance| {
-                    let p = self.positions.get(&instance)?;
-                    // The stats are JSON already: put them in as they are.
-                    let counters = format!(
-                        r#"{{"queue_drops":{},"kernel_drops":{},"stats":{}}}"#,
-                        p.queue_drops,
-                        p.kernel_drops,
-                        stats.save_producer(&instance).as_deref().unwrap_or("null"),
-                    );
-                    Some(ProducerLedger {
-                        instance: self.names.get(&instance)?.to_string(),
-                        kind: p.kind.name().to_owned(),
-                        next_seq: p.next_seq,
-                        counters,
-                    })
-                })
-                .collect();
-            Some(Ledger {
-                producers,
-                totals: Some(stats.save_totals()),
-                origins: std::mem::take(&mut self.dirty_origins)
+        let shed = self.shed.take_unsaved();
+        let ledger =
+            if self.dirty.is_empty() && self.pending.is_empty() && self.dirty_origins.is_empty() && shed == 0
+            {
+                None
+            } else {
+                let stats = state.stats();
+                let producers = std::mem::take(&mut self.dirty)
                     .into_iter()
-                    .filter_map(|instance| self.origins.get(&instance).cloned())
-                    .collect(),
-                publish_acked: None,
-            })
-        };
+                    .filter_map(|instance| {
+                        let p = self.positions.get(&instance)?;
+                        // The stats are JSON already: put them in as they are.
+                        let counters = format!(
+                            r#"{{"queue_drops":{},"kernel_drops":{},"stats":{}}}"#,
+                            p.queue_drops,
+                            p.kernel_drops,
+                            stats.save_producer(&instance).as_deref().unwrap_or("null"),
+                        );
+                        Some(ProducerLedger {
+                            instance: self.names.get(&instance)?.to_string(),
+                            kind: p.kind.name().to_owned(),
+                            next_seq: p.next_seq,
+                            counters,
+                        })
+                    })
+                    .collect();
+                Some(Ledger {
+                    producers,
+                    totals: Some(stats.save_totals()),
+                    origins: std::mem::take(&mut self.dirty_origins)
+                        .into_iter()
+                        .filter_map(|instance| self.origins.get(&instance).cloned())
+                        .collect(),
+                    publish_acked: None,
+                    shed,
+                })
+            };
         if let Some(ledger) = ledger {
             self.db.append(std::mem::take(&mut self.pending), ledger);
         }

@@ -58,6 +58,10 @@ pub struct ImportDone {
     pub stored: usize,
     /// The newest id this server has given out so far (covers every event of the import).
     pub through_id: u64,
+    /// Nothing was stored: the database cannot write and its reserved ids are used up. The
+    /// importer leaves the messages unacknowledged (and its marks where they were), so NATS
+    /// delivers them again once the store takes events.
+    pub refused: bool,
 }
 
 /// How many injections may wait for the ingest task.

@@ -7,7 +7,9 @@
 //!
 //! With a durable store it also hands every stored event, and the accounting that covers it,
 //! to the database writer once per batch (see [`crate::durable`]); it never waits for a commit,
-//! only for an id reservation when the writer is a whole block behind.
+//! only for an id reservation when the writer is a whole block behind. When the writer cannot
+//! write at all and the reservation is used up, it drops what arrives without ids, counts it as
+//! `store` loss, and stores `loss` records that say so once ids can be given again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,9 @@ use count::count;
 
 /// Most outputs taken from the channel at once.
 const INGEST_BATCH: usize = 256;
+/// How often, while the store has news for it (write failures to count, records dropped for
+/// want of ids to report), the ingest task looks even when no output arrives.
+const STORE_NEWS_POLL: Duration = Duration::from_millis(100);
 
 /// Starts the ingest task. Call it once per [`AppState`]: the task owns id assignment. It ends
 /// when every sender of `rx` is dropped, after handing everything to the database writer; then
@@ -63,6 +68,7 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
     let mut ingest = Ingest {
         state,
         next_id,
+        id_limit: u64::MAX,
         durable,
         malformed_log: LogLimit::new(),
         refused_log: LogLimit::new(),
@@ -98,6 +104,11 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Output>) {
                 ingest.handle_batch(&mut batch);
             }
             Some(injection) = recv_injected(&mut injected) => ingest.inject(injection).await,
+            // Flushed below: that takes the writer's failures into the counters.
+            _ = tokio::time::sleep(STORE_NEWS_POLL), if ingest.store_has_news() => {
+                ingest.make_room(0).await;
+                ingest.report_dropped();
+            }
         }
         if let Some(durable) = &mut ingest.durable {
             durable.flush(&ingest.state);
@@ -159,16 +170,30 @@ impl LogLimit {
 struct Ingest {
     state: AppState,
     next_id: u64,
+    /// The highest id that may be given out, as [`Ingest::make_room`] last found it: a record
+    /// that would need a higher one is dropped and counted as `store` loss (see
+    /// [`DurableIngest::drop_record`]). `u64::MAX` in memory.
+    id_limit: u64,
     durable: Option<DurableIngest>,
     malformed_log: LogLimit,
     refused_log: LogLimit,
     loss_log: LogLimit,
-    /// Per batch, reused: each output's record, if it stores one.
-    records: Vec<Option<Encoded>>,
+    /// Per batch, reused: what becomes of each output.
+    records: Vec<Fate>,
     /// Per batch, reused: the events to append and publish.
     stored: Vec<Arc<StoredEvent>>,
     /// Per batch: records that could not be encoded.
     encode_errors: u64,
+}
+
+/// What becomes of one output of a batch.
+enum Fate {
+    /// Only counted: it stores no record (heartbeats, stale and malformed messages, refusals),
+    /// or its record could not be encoded.
+    Counted,
+    Stored(Encoded),
+    /// Its record was dropped for want of an id while the store cannot write.
+    Dropped,
 }
 
 /// An output's record, encoded under the id it will be stored with.
@@ -186,20 +211,29 @@ impl Ingest {
     /// sees an event also sees it counted. The batch shares one receipt time (`received`):
     /// it was taken from the channel at once.
     fn handle_batch(&mut self, batch: &mut Vec<Output>) {
+        // What was dropped before comes first, so its `loss` records precede what follows.
+        self.report_dropped();
         let now = now_ns();
         let second = self.state.uptime_seconds();
         self.records.clear();
         for output in batch.iter() {
             self.log(output);
-            let encoded = self.encode(output, now);
-            self.records.push(encoded);
+            let fate = self.encode(output, now);
+            self.records.push(fate);
         }
         {
             let mut stats = self.state.stats();
-            for (output, encoded) in batch.iter().zip(&self.records) {
+            for (output, fate) in batch.iter().zip(&self.records) {
                 count(&mut stats, output, second, now);
-                if let Some(e) = encoded {
-                    stats.on_stored(e.record.kind, second);
+                match fate {
+                    Fate::Stored(e) => stats.on_stored(e.record.kind, second),
+                    Fate::Dropped => {
+                        let event = self.durable.as_mut().is_some_and(|d| d.drop_record(output));
+                        if let (true, Output::Event { producer, .. }) = (event, output) {
+                            stats.on_store_loss(&producer.instance, 1, second);
+                        }
+                    }
+                    Fate::Counted => {}
                 }
             }
             for _ in 0..std::mem::take(&mut self.encode_errors) {
@@ -213,7 +247,7 @@ impl Ingest {
             if let Some(durable) = &mut self.durable {
                 durable.note(&output);
             }
-            let Some(Some(Encoded { id, record, producer })) = records.next() else {
+            let Some(Fate::Stored(Encoded { id, record, producer })) = records.next() else {
                 continue;
             };
             let event = Arc::new(StoredEvent {
@@ -305,11 +339,19 @@ impl Ingest {
         }
     }
 
-    /// The record an output stores, under the next id; `None` for outputs only counted, and
+    /// The record an output stores, under the next id; `Counted` for outputs only counted, and
     /// for the (never seen) case of an event that cannot be serialised: its id is not used, so
-    /// ids stay dense, and the failure is logged here and counted by the caller.
-    fn encode(&mut self, output: &Output, now: u64) -> Option<Encoded> {
+    /// ids stay dense, and the failure is logged here and counted by the caller. `Dropped` if
+    /// it would store one but no id may be given now.
+    fn encode(&mut self, output: &Output, now: u64) -> Fate {
         let id = self.next_id;
+        let stores = matches!(
+            output,
+            Output::Event { .. } | Output::Loss { .. } | Output::Connected(_) | Output::Disconnected { .. }
+        );
+        if stores && id > self.id_limit {
+            return Fate::Dropped;
+        }
         let (producer, result) = match output {
             Output::Event {
                 producer,
@@ -324,12 +366,12 @@ impl Ingest {
             Output::Heartbeat { .. }
             | Output::Stale { .. }
             | Output::Malformed { .. }
-            | Output::Refused { .. } => return None,
+            | Output::Refused { .. } => return Fate::Counted,
         };
         match result {
             Ok(record) => {
                 self.next_id += 1;
-                Some(Encoded {
+                Fate::Stored(Encoded {
                     id,
                     record,
                     producer: producer.clone(),
@@ -338,16 +380,57 @@ impl Ingest {
             Err(e) => {
                 error!(producer = %producer.instance_hex, error = %e, "could not encode an event");
                 self.encode_errors += 1;
-                None
+                Fate::Counted
             }
         }
     }
 
-    /// With a durable store, waits until `count` more ids may be given out (see
-    /// [`DurableIngest::make_room`]).
+    /// With a durable store, waits until `count` more ids may be given out, and those of the
+    /// `loss` records that wait to report dropped records, unless the store cannot write (see
+    /// [`DurableIngest::make_room`]); sets [`Ingest::id_limit`].
     async fn make_room(&mut self, count: usize) {
+        let reports = self.dropped_reports();
         if let Some(durable) = &mut self.durable {
-            durable.make_room(&self.state, self.next_id, count).await;
+            self.id_limit = durable
+                .make_room(&self.state, self.next_id, count + reports)
+                .await;
+        }
+    }
+
+    /// Whether `count` more ids may be given out now.
+    fn ids_for(&self, count: usize) -> bool {
+        count == 0 || self.next_id.saturating_add(count as u64 - 1) <= self.id_limit
+    }
+
+    /// Whether the database writer has failures to count, or dropped records wait to be
+    /// reported.
+    fn store_has_news(&self) -> bool {
+        self.durable.as_ref().is_some_and(DurableIngest::has_news)
+    }
+
+    /// How many `loss` records wait to report records dropped for want of ids.
+    fn dropped_reports(&self) -> usize {
+        self.durable.as_ref().map_or(0, DurableIngest::dropped_reports)
+    }
+
+    /// Stores the `loss` records that report the records dropped for want of ids, if ids may
+    /// be given for all of them now. Their counts are in `/stats` already: they were counted
+    /// when the records were dropped.
+    fn report_dropped(&mut self) {
+        let n = self.dropped_reports();
+        if n == 0 || !self.ids_for(n) {
+            return;
+        }
+        let Some(durable) = &mut self.durable else {
+            return;
+        };
+        let now = now_ns();
+        let instance = self.state.server_instance().to_owned();
+        for (producer, loss) in durable.take_dropped_reports() {
+            self.store_one(producer.as_ref(), now, None, |id| match &producer {
+                Some(producer) => json::loss(id, now, producer, &loss),
+                None => json::publish_loss(id, now, &instance, loss.first_seq, loss.last_seq, loss.count),
+            });
         }
     }
 
@@ -355,12 +438,24 @@ impl Ingest {
         match injection {
             Injected::Import { events, done } => {
                 self.make_room(events.len()).await;
+                self.report_dropped();
+                if !self.ids_for(events.len()) {
+                    // The store cannot write and has no ids left: store none of them, and the
+                    // importer leaves them unacknowledged, so NATS delivers them again later.
+                    let _ = done.send(ImportDone {
+                        stored: 0,
+                        through_id: self.next_id - 1,
+                        refused: true,
+                    });
+                    return;
+                }
                 let stored = self.import(events);
                 // The importer may have stopped waiting (shutdown); the events are stored, and
                 // with a durable store their marks are committed with them.
                 let _ = done.send(ImportDone {
                     stored,
                     through_id: self.next_id - 1,
+                    refused: false,
                 });
             }
             Injected::PublishLoss {
@@ -383,9 +478,14 @@ impl Ingest {
                 let instance = self.state.server_instance().to_owned();
                 let now = now_ns();
                 self.make_room(1).await;
-                self.store_one(None, now, None, |id| {
-                    json::publish_loss(id, now, &instance, first_id, last_id, count)
-                });
+                self.report_dropped();
+                let no_id = !self.ids_for(1);
+                match &mut self.durable {
+                    Some(durable) if no_id => durable.drop_publish_loss(first_id, last_id, count),
+                    _ => self.store_one(None, now, None, |id| {
+                        json::publish_loss(id, now, &instance, first_id, last_id, count)
+                    }),
+                }
             }
         }
     }

@@ -340,9 +340,20 @@ impl Subscriber {
                 .send(Injected::Import { events, done })
                 .await
                 .map_err(|_| "the ingest task has stopped".to_owned())?;
-            let ImportDone { stored, through_id } = stored
+            let ImportDone {
+                stored,
+                through_id,
+                refused,
+            } = stored
                 .await
                 .map_err(|_| "the ingest task has stopped".to_owned())?;
+            if refused {
+                return Err(
+                    "the store cannot write and has no ids left (see /stats); leaving the batch \
+                     unacknowledged, to be delivered again"
+                        .to_owned(),
+                );
+            }
             // The ingest task has given the events ids and queued them with their marks: from
             // now on they are stored (or counted as `store` loss), so a redelivery is a
             // duplicate. They are committed once durable, and only then may NATS forget them.

@@ -7,6 +7,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -167,25 +169,7 @@ fn losses_sum(producer: &Value) -> u64 {
 
 /// The loadgen producer's `/stats` entry once it is disconnected and its counters stop moving.
 async fn settled_loadgen(base: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last: Option<Value> = None;
-    while Instant::now() < deadline {
-        let stats = get_json(&format!("{base}/stats")).await;
-        let p = stats["producers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["kind"] == "loadgen" && p["connected"] == false)
-            .cloned();
-        if let Some(p) = p {
-            if last.as_ref() == Some(&p["counters"]) {
-                return p;
-            }
-            last = Some(p["counters"].clone());
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-    panic!("the load generator's counters did not settle: {last:?}");
+    settled_new_loadgen(base, &[]).await
 }
 
 async fn wait_for_events(base: &str, at_least: u64) {
@@ -594,49 +578,60 @@ async fn a_page_spanning_the_database_and_the_tail_equals_the_memory_page() {
     );
 }
 
+/// A 16 MiB tmpfs under the test's directory, unmounted when dropped; `None` (the test is
+/// skipped, and says so) without root or where mounting fails.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(s: &Setup, test: &str) -> Option<SmallTmpfs> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED {test}: mounting a tmpfs needs root");
+            return None;
+        }
+        let mount = s.dir.path().join("small");
+        std::fs::create_dir_all(&mount).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "lpcmon-test"])
+            .arg(&mount)
+            .status()
+            .expect("run mount");
+        if !status.success() {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallTmpfs(mount))
+    }
+
+    /// Fills the file system to its last page with a file `filler`, and returns its path.
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .stderr(Stdio::null())
+            .status();
+        filler
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// A full disk: the events that cannot be written are counted as `store` loss, the tail keeps
 /// serving, a notice says why, and writing resumes by itself once space is freed. Needs root to
 /// mount a small tmpfs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_is_counted_and_writing_recovers() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED a_full_disk_is_counted_and_writing_recovers: mounting a tmpfs needs root");
-        return;
-    }
     let s = setup();
-    let mount = s.dir.path().join("small");
-    std::fs::create_dir_all(&mount).unwrap();
-    let status = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=16m",
-            "lpcmon-test",
-            mount.to_str().unwrap(),
-        ])
-        .status()
-        .expect("run mount");
-    if !status.success() {
-        eprintln!("SKIPPED a_full_disk_is_counted_and_writing_recovers: cannot mount a tmpfs here");
+    let Some(mount) = SmallTmpfs::mount(&s, "a_full_disk_is_counted_and_writing_recovers") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
-    let db = mount.join("events.db");
+    };
+    let db = mount.0.join("events.db");
     let server = Server::start(&db, &s.socket, s.http, &[]).await;
-    // Fill the file system.
-    let filler = mount.join("filler");
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", filler.display()))
-        .stderr(Stdio::null())
-        .status();
+    let filler = mount.fill();
     let first = loadgen_report(spawn_loadgen(&s.socket, &["--rate", "0", "--count", "20000"]));
     let p = settled_loadgen(&server.base).await;
     let stats = get_json(&format!("{}/stats", server.base)).await;
@@ -677,4 +672,259 @@ async fn a_full_disk_is_counted_and_writing_recovers() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `/stats` once the database has committed everything the tail holds and no write error
+/// stands.
+async fn all_committed(base: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = get_json(&format!("{base}/stats")).await;
+        if stats["store"]["durable"]["error"].is_null()
+            && stats["store"]["durable"]["newest_id"] == stats["store"]["newest_id"]
+        {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "the store did not commit: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The load generator's `/stats` entry, of an instance not in `known`, once it is
+/// disconnected and its counters stop moving.
+async fn settled_new_loadgen(base: &str, known: &[String]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last: Option<Value> = None;
+    while Instant::now() < deadline {
+        let stats = get_json(&format!("{base}/stats")).await;
+        let p = stats["producers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["kind"] == "loadgen"
+                    && p["connected"] == false
+                    && !known.iter().any(|k| p["instance"] == **k)
+            })
+            .cloned();
+        if let Some(p) = p {
+            if last.as_ref() == Some(&p["counters"]) {
+                return p;
+            }
+            last = Some(p["counters"].clone());
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    panic!("the load generator's counters did not settle: {last:?}");
+}
+
+fn instance(p: &Value) -> String {
+    p["instance"].as_str().unwrap().to_owned()
+}
+
+fn loss(p: &Value, stage: &str) -> u64 {
+    p["counters"]["losses"][stage].as_u64().unwrap_or(0)
+}
+
+/// Asks `/healthz` and a page of `/events` every 100 ms until `stop`; returns how many rounds
+/// were made and what failed (a status other than 200, or no answer within 5 s).
+async fn probe(base: String, stop: Arc<AtomicBool>) -> (u32, Vec<String>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut rounds, mut failures) = (0, Vec::new());
+    while !stop.load(Ordering::Acquire) {
+        for path in ["/healthz", "/events?limit=20"] {
+            match client.get(format!("{base}{path}")).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => failures.push(format!("{path}: {}", r.status())),
+                Err(e) => failures.push(format!("{path}: {e}")),
+            }
+        }
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (rounds, failures)
+}
+
+/// A disk full to the last page for longer than the reserved ids last: even the commit that
+/// only moves the reservation on fails, so ingest runs out of ids. It does not wait for the
+/// writer (that would fill its channel and lose events as `server_ingest`): what arrives is
+/// counted as `store` loss without ids, a `loss` record says so once writing works again, the
+/// server answers throughout, and afterwards events are stored with fresh ids. Needs root to
+/// mount a small tmpfs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_disk_full_loses_nothing_uncounted() {
+    const TEST: &str = "a_long_disk_full_loses_nothing_uncounted";
+    // Clearly more than the ids reserved ahead, at a rate a debug build ingests without
+    // `server_ingest` loss beside the other tests of this file on two busy cores (at 10,000
+    // a second it sometimes cannot, disk full or not).
+    const OUTAGE_EVENTS: u64 = 80_000;
+    const OUTAGE_RATE: &str = "5000";
+    const { assert!(OUTAGE_EVENTS > lpcmon_store::ID_BLOCK + 10_000) };
+    let s = setup();
+    let Some(mount) = SmallTmpfs::mount(&s, TEST) else {
+        return;
+    };
+    let db = mount.0.join("events.db");
+    let mut server = Server::start(&db, &s.socket, s.http, &[]).await;
+    let base = server.base.clone();
+    // Warm: the file, its write-ahead log and the reservation exist and are committed.
+    loadgen_report(spawn_loadgen(&s.socket, &["--rate", "0", "--count", "1000"]));
+    let warm = settled_new_loadgen(&base, &[]).await;
+    let before = all_committed(&base).await;
+    let newest_before = before["store"]["newest_id"].as_u64().unwrap();
+    // A reader holding a snapshot (an `lpcmon export` or an `sqlite3` shell would) keeps the
+    // write-ahead log from starting over, so every commit appends to it: with the file system
+    // full to its last page, even the one-page commit that moves the reservation on fails.
+    let reader = open_db(&db);
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let filler = mount.fill();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = tokio::spawn(probe(base.clone(), stop.clone()));
+    // Loss records only: the one that reports the events dropped without ids.
+    let losses = tokio::spawn(read_sse(
+        format!("{base}/events/stream?kind=loss"),
+        None,
+        Duration::from_secs(60),
+        |m| m.data.contains(r#""stage":"store""#),
+    ));
+    let count = OUTAGE_EVENTS.to_string();
+    let socket = s.socket.clone();
+    let outage = tokio::task::spawn_blocking(move || {
+        loadgen_report(spawn_loadgen(
+            &socket,
+            &["--rate", OUTAGE_RATE, "--count", &count],
+        ))
+    })
+    .await
+    .unwrap();
+    let p = settled_new_loadgen(&base, &[instance(&warm)]).await;
+    let stats = get_json(&format!("{base}/stats")).await;
+    let produced = outage["produced"].as_u64().unwrap();
+    assert_eq!(produced, OUTAGE_EVENTS);
+    let stored = p["counters"]["events"].as_u64().unwrap();
+    let store_loss = loss(&p, "store");
+    assert_eq!(loss(&p, "server_ingest"), 0, "ingest never waited: {p}");
+    assert_eq!(
+        stored + losses_sum(&p),
+        produced,
+        "produced = stored + losses: {p}"
+    );
+    let elsewhere = losses_sum(&p) - store_loss;
+    assert_eq!(
+        elsewhere,
+        loss(&p, "producer_queue"),
+        "only the store and the producer's own queue lose events: {p}"
+    );
+    assert_eq!(stored, 0, "nothing could be written: {p}");
+    assert_eq!(stats["losses_by_stage"]["server_ingest"], 0, "{stats}");
+    assert!(stats["store"]["durable"]["error"].is_string(), "{stats}");
+    let log = server.log();
+    assert!(
+        log.contains("cannot extend its id reservation either"),
+        "the disk was full to the last page: {log}"
+    );
+    // Ids were given only within the reservation committed before the disk filled; the rest
+    // of the events came without ids.
+    let newest_during = stats["store"]["newest_id"].as_u64().unwrap();
+    let ids_used = newest_during - newest_before;
+    assert!(
+        ids_used <= lpcmon_store::ID_BLOCK && ids_used < produced - elsewhere,
+        "{ids_used} ids for {produced} events"
+    );
+    let (code, last) = get_text(&format!("{base}/events/{newest_during}")).await;
+    assert_eq!(code, 200, "the tail serves what could not be written: {last}");
+
+    // Space returns: writing resumes by itself, and a `loss` record reports what came
+    // without ids.
+    std::fs::remove_file(&filler).unwrap();
+    drop(reader);
+    let after = all_committed(&base).await;
+    assert!(!after["notices"].to_string().contains("cannot write"), "{after}");
+    let sse = losses.await.unwrap();
+    let report = sse
+        .iter()
+        .find(|m| m.data.contains(r#""stage":"store""#))
+        .unwrap_or_else(|| panic!("no store loss record: {sse:?}"));
+    let record: Value = serde_json::from_str(&report.data).unwrap();
+    assert_eq!(record["producer"]["instance"], p["instance"], "{record}");
+    let reported = record["loss"]["count"].as_u64().unwrap();
+    // Every id given during the outage named a record that could not be written: the
+    // producer's connect record and its first events. The rest came without ids.
+    assert_eq!(
+        reported + (ids_used - 1),
+        store_loss,
+        "the loss record and the ids account for the store loss: {record}"
+    );
+    assert_eq!(
+        record["loss"]["last_seq"].as_u64().unwrap() - record["loss"]["first_seq"].as_u64().unwrap() + 1,
+        reported,
+        "{record}"
+    );
+    let record_id = report.id.unwrap();
+    assert!(
+        record_id > newest_during,
+        "a fresh id: {record_id} after {newest_during}"
+    );
+    // The ids of the failed records, and then the dropped ones and the producer's dropped
+    // disconnect record.
+    assert_eq!(
+        after["store"]["durable"]["lost"].as_u64().unwrap(),
+        ids_used + reported + 1,
+        "{after}"
+    );
+    prober_ok(&stop, prober).await;
+
+    // New events are stored and served with fresh ids.
+    let next = loadgen_report(spawn_loadgen(&s.socket, &["--rate", "4000", "--count", "2000"]));
+    assert_eq!(next["produced"], 2000);
+    let p3 = settled_new_loadgen(&base, &[instance(&warm), instance(&p)]).await;
+    assert_eq!(p3["counters"]["events"], 2000, "{p3}");
+    assert_eq!(losses_sum(&p3), 0, "{p3}");
+    all_committed(&base).await;
+    let file = open_db(&db);
+    let (n, first, last): (i64, i64, i64) = file
+        .query_row(
+            "SELECT count(*), min(id), max(id) FROM events WHERE producer = ?1 AND kind = 'process.exec'",
+            [instance(&p3)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(n, 2000);
+    assert!(
+        first as u64 > record_id && last - first + 1 == 2000,
+        "{first}..{last}"
+    );
+    let (code, _) = get_text(&format!("{base}/events/{last}")).await;
+    assert_eq!(code, 200);
+    // The outage's accounting was saved with the first commit that succeeded.
+    drop(file);
+    server.terminate();
+    let server = Server::start(&db, &s.socket, s.http, &[]).await;
+    let restarted = get_json(&format!("{}/stats", server.base)).await;
+    let again = restarted["producers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["instance"] == p["instance"])
+        .unwrap_or_else(|| panic!("{restarted}"));
+    assert_eq!(again["counters"], p["counters"], "{restarted}");
+    assert_eq!(
+        restarted["store"]["durable"]["lost"], after["store"]["durable"]["lost"],
+        "{restarted}"
+    );
+}
+
+/// Stops [`probe`] and checks that every request it made was answered.
+async fn prober_ok(stop: &AtomicBool, prober: tokio::task::JoinHandle<(u32, Vec<String>)>) {
+    stop.store(true, Ordering::Release);
+    let (rounds, failures) = prober.await.unwrap();
+    assert!(rounds > 5, "{rounds} rounds");
+    assert!(failures.is_empty(), "the server did not answer: {failures:?}");
 }

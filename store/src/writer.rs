@@ -25,7 +25,8 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 pub const COMMIT_EVENTS: usize = 4096;
 /// Ids reserved ahead of the newest committed one. A crash skips at most this many ids; the
 /// ingest task waits (and its channel fills, counted as `server_ingest` loss) only if the writer
-/// falls this far behind, or cannot write at all for this many events.
+/// falls this far behind. While writing fails and the reservation is used up, ingest does not
+/// wait: it counts what arrives as `store` loss, without ids (see [`Ledger::shed`]).
 pub const ID_BLOCK: u64 = 65_536;
 /// Events handed to the writer and not yet committed, past which the ingest task waits.
 pub const MAX_QUEUED: usize = 4 * COMMIT_EVENTS * 4;
@@ -75,6 +76,11 @@ pub struct Ledger {
     pub origins: Vec<OriginMark>,
     /// The fleet publisher's position: every id up to it acknowledged by NATS or counted lost.
     pub publish_acked: Option<u64>,
+    /// Records (events, and records of connects, disconnects and losses) the ingest task
+    /// dropped without giving them ids, because writing failed and the reserved ids were used
+    /// up: counted as `store` loss ([`DiskStatus::lost`]) at once, and saved with the next
+    /// commit that succeeds. The producers' own counts are in their ledger records.
+    pub shed: u64,
 }
 
 /// One origin server instance whose events were imported (`--subscribe`): the highest origin
@@ -456,6 +462,11 @@ impl Database {
         self.shared.reserved.load(Ordering::Acquire)
     }
 
+    /// Whether a write error stands: the last commit failed and none has succeeded since.
+    pub fn write_failing(&self) -> bool {
+        lock(&self.shared.status).error.is_some()
+    }
+
     /// The highest id whose fate on disk is settled (committed, or counted as `store` loss).
     /// The in-memory tail may forget events up to here, and no further.
     pub fn durable_through(&self) -> Arc<AtomicU64> {
@@ -511,6 +522,9 @@ impl Database {
     /// Hands events (ids ascending, continuing the previous call's) and the accounting that
     /// describes them to the writer. Never blocks.
     pub fn append(&self, events: Vec<NewEvent>, ledger: Ledger) {
+        if ledger.shed > 0 {
+            lock(&self.shared.status).lost += ledger.shed;
+        }
         let n = events.len();
         self.shared.queued.fetch_add(n, Ordering::AcqRel);
         let guard = lock(&self.tx);
@@ -719,6 +733,7 @@ impl Writer {
 
     fn take(&mut self, batch: Batch, events: &mut Vec<NewEvent>) {
         events.extend(batch.events);
+        self.pending_lost += batch.ledger.shed;
         self.pending_ledger.merge(batch.ledger);
     }
 
@@ -785,7 +800,10 @@ impl Writer {
 
     fn commit(&mut self, events: &mut Vec<NewEvent>) {
         let newest = events.last().map(|e| e.id);
-        let top = newest.unwrap_or(self.last_id).max(self.last_id);
+        // Ids of failed batches count as used: after an outage the reservation moves on past
+        // them in the first commit that succeeds.
+        let gaps_top = self.pending_gaps.iter().map(|g| g.1).max().unwrap_or(0);
+        let top = newest.unwrap_or(self.last_id).max(self.last_id).max(gaps_top);
         let extend_to = (top + ID_BLOCK / 2 > self.reserved).then_some(top + ID_BLOCK);
         if extend_to.is_some() {
             let _ = self.conn.pragma_update(None, "synchronous", "FULL");
@@ -813,8 +831,9 @@ impl Writer {
                 if self.failing {
                     info!("the store is writing again");
                     self.failing = false;
+                    self.reserve_failing = false;
                 }
-                self.last_id = top.max(self.pending_gaps.iter().map(|g| g.1).max().unwrap_or(0));
+                self.last_id = top;
                 self.pending_gaps.clear();
                 self.pending_lost = 0;
                 self.pending_ledger = PendingLedger::default();
@@ -876,11 +895,13 @@ impl Writer {
     }
 
     /// While events cannot be written, still moves the id reservation on, alone in a one-page
-    /// transaction: that usually succeeds on a full disk (the write-ahead log reuses the space
+    /// transaction: that often succeeds on a full disk (the write-ahead log reuses the space
     /// the failed commit had taken), so ingest goes on publishing, and what cannot be written
-    /// is counted as `store` loss instead of making ingest wait (and lose events uncounted by
-    /// the store, as `server_ingest`) once a block is used up. If the writer crashes before it
-    /// can write again, the next start records those ids as a `restart` gap, as for any crash.
+    /// is counted as `store` loss with ids (a `store` gap). On a disk full to the last page it
+    /// fails too; then, once the reserved ids are used up, ingest counts what arrives as
+    /// `store` loss without ids ([`Ledger::shed`]) until a commit succeeds. If the writer
+    /// crashes before it can write again, the next start records the reserved ids as a
+    /// `restart` gap, as for any crash.
     fn reserve_only(&mut self, reserve_to: u64) {
         let result = (|| -> rusqlite::Result<()> {
             self.conn.pragma_update(None, "synchronous", "FULL")?;
@@ -902,8 +923,9 @@ impl Writer {
                 self.reserve_failing = true;
                 warn!(
                     error = %e,
-                    "the store cannot extend its id reservation either (no room at all); ingest \
-                     waits for it once the reserved ids are used up"
+                    "the store cannot extend its id reservation either (no room at all): once the \
+                     reserved ids are used up, events are counted as `store` loss without ids \
+                     until writing works again"
                 );
             }
             Err(_) => {}

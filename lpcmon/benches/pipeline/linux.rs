@@ -991,7 +991,6 @@ async fn burst(
         loop {
             let status = db.status();
             if status.newest_id.unwrap_or(0) >= last_id {
-                eprintln!("EXP stored-rate {:.0} commit-lag {:.1} ms waits {:?}", stored as f64 / ((t1 - t0) as f64 / 1e9), (status.newest_committed_ns.unwrap_or(0) as f64 - t1 as f64) / 1e6, db.ingest_waits());
                 t1 = t1.max(status.newest_committed_ns.unwrap_or_else(wall_ns));
                 break;
             }

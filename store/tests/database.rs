@@ -421,6 +421,16 @@ fn pages_over_many_batches_match_a_plain_scan() {
     let db = Database::open(&path, retention).unwrap();
     for first in (1..=last).step_by(1000) {
         fill(&db, first..=first + 999);
+        // One commit per thousand: wait for it, so the batches do not depend on timing.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while db.status().newest_id != Some(first + 999) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not committed: {:?}",
+                db.status()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
     db.close();
     drop(db);

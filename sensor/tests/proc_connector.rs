@@ -181,8 +181,10 @@ fn a_fork_storm_is_seen_whole_or_its_loss_is_reported() {
 /// `/bin/true` exits: at normal priority 75 of 100 such execs lost their executable here. In a
 /// quiet storm, one short process at a time, (almost) every exec must name its executable. Not
 /// quite every one: on this shared 2-vCPU VM at load 10, 0 to 2 of 200 were missed in about one
-/// run in six, with this code and with the code before it alike (the vCPU itself is not always
-/// running).
+/// run in six, and a CI run beside a full test suite missed 4, with this code and with the code
+/// before it alike (the vCPU itself is not always running). The bound is 5 %: what the test
+/// guards is that the reader still runs ahead of the exits (75 % missed without it), not a
+/// timing figure on a shared machine.
 #[test]
 fn a_quiet_storm_names_every_executable() {
     let Some(_one_at_a_time) = privileged("a_quiet_storm_names_every_executable") else {
@@ -247,7 +249,7 @@ fn a_quiet_storm_names_every_executable() {
     );
     if realtime {
         assert!(
-            unnamed.len() <= CHILDREN / 100,
+            unnamed.len() <= CHILDREN / 20,
             "execs without their executable: {unnamed:?}"
         );
     }

@@ -371,6 +371,12 @@ impl<'a> Rows<'a> {
         }
     }
 
+    /// The index of the first event whose id is `id` or more (`len()` if none): where the
+    /// events a retention mark keeps begin. Ids ascend within a batch.
+    pub fn first_at_or_after(&self, id: u64) -> usize {
+        (0..self.len()).find(|&i| self.id(i) >= id).unwrap_or(self.len())
+    }
+
     /// The id of the `i`th event, without the rest.
     pub fn id(&self, i: usize) -> u64 {
         le_u64(self.records, i * RECORD)

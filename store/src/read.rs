@@ -261,7 +261,12 @@ pub(crate) fn page(conn: &Connection, query: &PageQuery<'_>) -> Result<Vec<Event
         .query_row([to_i64(after + 1)], |r| r.get::<_, Option<i64>>(0))?
         .map_or(0, |v| v as u64);
     let mut sql = String::from(
-        "SELECT b.first_id, b.rows, b.search FROM batches b WHERE b.first_id >= ? AND b.first_id <= ?",
+        // A batch's search texts are read only when `q` needs them.
+        if query.filter.q.is_some() {
+            "SELECT b.first_id, b.rows, b.search FROM batches b WHERE b.first_id >= ? AND b.first_id <= ?"
+        } else {
+            "SELECT b.first_id, b.rows, '' FROM batches b WHERE b.first_id >= ? AND b.first_id <= ?"
+        },
     );
     let mut values = vec![Value::Integer(to_i64(low)), Value::Integer(to_i64(query.through))];
     if filter_sql(conn, query.filter, &mut sql, &mut values)?.is_none() {
@@ -340,7 +345,7 @@ pub(crate) fn live_count(conn: &Connection) -> Result<u64, StoreError> {
     let trimmed = match oldest_batch(conn)? {
         Some(b) => {
             let rows = Rows::decode(&b.rows).map_err(malformed)?;
-            (0..rows.len()).filter(|&i| rows.id(i) < b.first_kept).count() as u64
+            rows.first_at_or_after(b.first_kept) as u64
         }
         None => 0,
     };
@@ -373,7 +378,8 @@ pub(crate) fn oldest_newest(conn: &Connection) -> Result<(Option<u64>, Option<u6
     let oldest = match oldest_batch(conn)? {
         Some(b) => {
             let rows = Rows::decode(&b.rows).map_err(malformed)?;
-            (0..rows.len()).map(|i| rows.id(i)).find(|&id| id >= b.first_kept)
+            let first = rows.first_at_or_after(b.first_kept);
+            (first < rows.len()).then(|| rows.id(first))
         }
         None => None,
     };

@@ -1006,9 +1006,7 @@ impl Writer {
             return Ok(0);
         };
         let rows = Rows::decode(&oldest.rows).map_err(read::malformed)?;
-        let live_from = (0..rows.len())
-            .find(|&i| rows.id(i) >= oldest.first_kept)
-            .unwrap_or(rows.len());
+        let live_from = rows.first_at_or_after(oldest.first_kept);
         let live = (rows.len() - live_from) as u64;
         let aged = match cutoff {
             Some(cutoff) => rows
